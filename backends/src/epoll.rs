@@ -1,0 +1,490 @@
+//! The edge-triggered, worker-per-epoll backend: the seed's design, done right.
+//!
+//! The acceptor waits on the listening socket with its own epoll and accepts with
+//! `accept4` until EAGAIN; connections go round-robin to N workers. Each worker owns an
+//! epoll instance and registers each connection once, for `EPOLLIN | EPOLLOUT | EPOLLRDHUP`
+//! edge-triggered, so serving a request never needs `epoll_ctl`.
+//!
+//! Edge-triggered means an event is only reported when readiness *changes*, so a worker
+//! must leave every connection in a state where the next change will be reported:
+//! - it reads until EAGAIN, or until a read returns less than the buffer (the receive
+//!   queue was then empty; new data makes a new edge) — saving the EAGAIN read is what
+//!   keeps a 64-byte request at two syscalls (read + write);
+//! - once the peer has half-closed (EPOLLRDHUP) no new edge will come, so it reads to 0;
+//! - when a write is partial the socket is full, so the rest is kept and sent on the next
+//!   EPOLLOUT edge. While bytes are pending the worker reads nothing more from that client:
+//!   memory per connection stays bounded by one read buffer, and a client that does not
+//!   read is slowed by TCP flow control instead of filling the server's memory.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::book::{CloseReason, ConnMeter, ConnRecord, Sys, SyscallCounts, ThreadStats};
+use crate::handoff::{Inbox, NewConn};
+use crate::server::Shared;
+use crate::{sys, Backend};
+
+/// Bytes read per `read` call; also the most a connection can have pending.
+pub const READ_BUF_BYTES: usize = 64 * 1024;
+/// Events fetched per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 1024;
+/// How long the acceptor waits before retrying after running out of descriptors.
+pub const ACCEPT_RETRY_MS: i32 = 10;
+/// A pending buffer larger than this is freed once drained, so a burst does not pin
+/// memory for the rest of a connection's life.
+const KEEP_PENDING_CAPACITY_BYTES: usize = 16 * 1024;
+
+const TOKEN_STOP: u64 = u64::MAX;
+const TOKEN_WAKE: u64 = u64::MAX - 1;
+const TOKEN_LISTENER: u64 = 0;
+
+/// The epoll backend.
+pub struct Epoll;
+
+impl Backend for Epoll {
+    fn name(&self) -> &'static str {
+        "epoll"
+    }
+
+    fn serve(self: Box<Self>, listener: OwnedFd, shared: &Shared) -> io::Result<Vec<ThreadStats>> {
+        let inboxes = (0..shared.workers).map(|_| Inbox::new()).collect::<io::Result<Vec<_>>>()?;
+        std::thread::scope(|s| {
+            let mut handles = Vec::with_capacity(inboxes.len());
+            for (id, inbox) in inboxes.iter().enumerate() {
+                let h = std::thread::Builder::new()
+                    .name(format!("ringbench-epoll-{id}"))
+                    .spawn_scoped(s, move || Worker::new(id, shared, inbox)?.run());
+                match h {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        shared.stop.trigger();
+                        return Err(e);
+                    }
+                }
+            }
+            let accepted = accept_loop(&listener, shared, &inboxes);
+            // Whatever ended the acceptor, the workers must stop too.
+            shared.stop.trigger();
+            drop(listener);
+            let mut all = vec![accepted?];
+            for h in handles {
+                all.push(h.join().map_err(|_| io::Error::other("epoll worker panicked"))??);
+            }
+            // A connection pushed after its worker's last look is closed and logged here.
+            let mut rows = Vec::new();
+            for (id, inbox) in inboxes.iter().enumerate() {
+                inbox.close_leftovers(id, &mut all[0], &mut rows);
+            }
+            shared.log.append(&mut rows)?;
+            Ok(all)
+        })
+    }
+}
+
+/// The acceptor: level-triggered epoll on the listening socket and the stop signal.
+/// Accepts until EAGAIN each time the socket is ready and deals connections round-robin.
+pub fn accept_loop(listener: &OwnedFd, shared: &Shared, inboxes: &[Inbox]) -> io::Result<ThreadStats> {
+    let mut st = ThreadStats::default();
+    let mut rows: Vec<ConnRecord> = Vec::new();
+    let ep = sys::epoll_create()?;
+    sys::epoll_ctl(ep.as_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), libc::EPOLLIN as u32, TOKEN_LISTENER)?;
+    sys::epoll_ctl(ep.as_fd(), libc::EPOLL_CTL_ADD, shared.stop.fd().as_raw_fd(), libc::EPOLLIN as u32, TOKEN_STOP)?;
+    st.syscalls.add(Sys::EpollCtl);
+    st.syscalls.add(Sys::EpollCtl);
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 2];
+    let mut next = 0usize;
+    let mut out_of_fds = OutOfFds::default();
+    loop {
+        let timeout = if out_of_fds.active { ACCEPT_RETRY_MS } else { -1 };
+        st.syscalls.add(Sys::EpollWait);
+        match sys::epoll_wait(ep.as_fd(), &mut events, timeout) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if shared.stop.is_set() {
+            break;
+        }
+        if out_of_fds.active {
+            // Listen again; if descriptors are still short the next accept says so.
+            st.syscalls.add(Sys::EpollCtl);
+            sys::epoll_ctl(
+                ep.as_fd(),
+                libc::EPOLL_CTL_MOD,
+                listener.as_raw_fd(),
+                libc::EPOLLIN as u32,
+                TOKEN_LISTENER,
+            )?;
+        }
+        loop {
+            st.syscalls.add(Sys::Accept);
+            match sys::accept4(listener.as_fd()) {
+                Ok((fd, peer)) => {
+                    out_of_fds.recovered();
+                    let meter = ConnMeter::new(peer, fd.as_raw_fd());
+                    let id = next % inboxes.len();
+                    next = next.wrapping_add(1);
+                    if shared.over_limit() {
+                        st.rejected += 1;
+                        st.record(&mut rows, meter.finish(id, CloseReason::Rejected));
+                        drop(fd);
+                        st.syscalls.add(Sys::Close);
+                        continue;
+                    }
+                    shared.open.fetch_add(1, Ordering::Relaxed);
+                    if inboxes[id].push(NewConn { fd, meter }) {
+                        st.syscalls.add(Sys::EventfdWrite);
+                        inboxes[id].wake()?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
+                {
+                    // Out of descriptors (or kernel memory). The listen queue keeps the
+                    // waiting clients; stop watching the socket (level-triggered, it would
+                    // wake us at once, forever) and retry after a short sleep.
+                    st.accept_fd_exhausted += 1;
+                    out_of_fds.hit(&e, shared.open.load(Ordering::Relaxed));
+                    st.syscalls.add(Sys::EpollCtl);
+                    sys::epoll_ctl(ep.as_fd(), libc::EPOLL_CTL_MOD, listener.as_raw_fd(), 0, TOKEN_LISTENER)?;
+                    break;
+                }
+                // The client gave up between SYN and accept, or a signal: keep accepting.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM)
+                    ) => {}
+                Err(e) => return Err(io::Error::new(e.kind(), format!("accept failed: {e}"))),
+            }
+        }
+        shared.log.append(&mut rows)?;
+    }
+    shared.log.append(&mut rows)?;
+    Ok(st)
+}
+
+/// Reports running out of descriptors once per episode instead of once per attempt.
+#[derive(Default)]
+pub struct OutOfFds {
+    pub active: bool,
+    attempts: u64,
+}
+
+impl OutOfFds {
+    pub fn hit(&mut self, e: &io::Error, open: usize) {
+        self.attempts += 1;
+        if !self.active {
+            self.active = true;
+            eprintln!(
+                "ringbench: accept failed: {e}; still serving the {open} open connections, \
+                 retrying every {ACCEPT_RETRY_MS} ms (reported once; raise the limit with ulimit -n)"
+            );
+        }
+    }
+
+    pub fn recovered(&mut self) {
+        if self.active {
+            eprintln!("ringbench: accepting again after {} failed attempts", self.attempts);
+            self.active = false;
+            self.attempts = 0;
+        }
+    }
+}
+
+/// One connection as an epoll worker holds it.
+struct Conn {
+    fd: OwnedFd,
+    meter: ConnMeter,
+    /// Echo bytes the socket would not take yet; sent from `sent` on at the next EPOLLOUT.
+    pending: Vec<u8>,
+    sent: usize,
+    /// The last readiness edge said there may be data we have not read.
+    readable: bool,
+    /// The peer half-closed: no further edge will come, so read until 0.
+    peer_closed: bool,
+    last_active: Instant,
+}
+
+impl Conn {
+    fn has_pending(&self) -> bool {
+        self.sent < self.pending.len()
+    }
+
+    /// Does what the connection's readiness allows: first flush what is pending, then, if
+    /// nothing is pending, read and echo. `Some(reason)` means the connection is over.
+    fn pump(
+        &mut self,
+        can_write: bool,
+        scratch: &mut [u8],
+        sc: &mut SyscallCounts,
+        now: Instant,
+    ) -> Option<CloseReason> {
+        if self.has_pending() {
+            if !can_write {
+                return None;
+            }
+            if let Err(r) = self.flush(sc, now) {
+                return Some(r);
+            }
+            if self.has_pending() {
+                return None;
+            }
+        }
+        if !self.readable {
+            return None;
+        }
+        loop {
+            sc.add(Sys::Read);
+            match sys::read(self.fd.as_fd(), scratch) {
+                Ok(0) => return Some(CloseReason::Eof),
+                Ok(n) => {
+                    self.meter.on_read(n);
+                    self.last_active = now;
+                    match self.echo(&scratch[..n], sc) {
+                        Err(r) => return Some(r),
+                        // The socket is full: stop reading until it drains.
+                        Ok(true) => return None,
+                        Ok(false) => {}
+                    }
+                    if n < scratch.len() && !self.peer_closed {
+                        self.readable = false;
+                        return None;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(CloseReason::from_error(&e)),
+            }
+        }
+    }
+
+    /// Writes `data`; what the socket does not take is kept in `pending`. Returns whether
+    /// anything was kept.
+    fn echo(&mut self, data: &[u8], sc: &mut SyscallCounts) -> Result<bool, CloseReason> {
+        let mut off = 0;
+        loop {
+            sc.add(Sys::Write);
+            match sys::write(self.fd.as_fd(), &data[off..]) {
+                Ok(m) => {
+                    off += m;
+                    if off == data.len() {
+                        return Ok(false);
+                    }
+                    // A short write means the send buffer is full: retrying now would only
+                    // get EAGAIN. Keep the rest for the EPOLLOUT edge.
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CloseReason::from_error(&e)),
+            }
+        }
+        self.pending.clear();
+        self.pending.extend_from_slice(&data[off..]);
+        self.sent = 0;
+        Ok(true)
+    }
+
+    /// Sends pending bytes, in order, until done or the socket is full again.
+    fn flush(&mut self, sc: &mut SyscallCounts, now: Instant) -> Result<(), CloseReason> {
+        while self.has_pending() {
+            sc.add(Sys::Write);
+            match sys::write(self.fd.as_fd(), &self.pending[self.sent..]) {
+                Ok(m) => {
+                    self.sent += m;
+                    self.last_active = now;
+                    if self.has_pending() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CloseReason::from_error(&e)),
+            }
+        }
+        self.pending.clear();
+        self.sent = 0;
+        if self.pending.capacity() > KEEP_PENDING_CAPACITY_BYTES {
+            self.pending = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+struct Worker<'a> {
+    id: usize,
+    ep: OwnedFd,
+    shared: &'a Shared,
+    inbox: &'a Inbox,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    scratch: Box<[u8]>,
+    stats: ThreadStats,
+    rows: Vec<ConnRecord>,
+}
+
+impl<'a> Worker<'a> {
+    fn new(id: usize, shared: &'a Shared, inbox: &'a Inbox) -> io::Result<Self> {
+        let ep = sys::epoll_create()?;
+        // The stop signal is level-triggered: once set, every wait returns at once.
+        sys::epoll_ctl(
+            ep.as_fd(),
+            libc::EPOLL_CTL_ADD,
+            shared.stop.fd().as_raw_fd(),
+            libc::EPOLLIN as u32,
+            TOKEN_STOP,
+        )?;
+        sys::epoll_ctl(
+            ep.as_fd(),
+            libc::EPOLL_CTL_ADD,
+            inbox.wake_fd().as_raw_fd(),
+            (libc::EPOLLIN | libc::EPOLLET) as u32,
+            TOKEN_WAKE,
+        )?;
+        let mut stats = ThreadStats::default();
+        stats.syscalls.add(Sys::EpollCtl);
+        stats.syscalls.add(Sys::EpollCtl);
+        Ok(Worker {
+            id,
+            ep,
+            shared,
+            inbox,
+            conns: Vec::new(),
+            free: Vec::new(),
+            scratch: vec![0u8; READ_BUF_BYTES].into_boxed_slice(),
+            stats,
+            rows: Vec::new(),
+        })
+    }
+
+    fn run(mut self) -> io::Result<ThreadStats> {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+        let mut arrivals = Vec::new();
+        let idle = self.shared.cfg.idle_timeout;
+        // With an idle timeout, wake a few times per timeout period to look for idle
+        // connections; without one, sleep until something happens.
+        let tick_ms = idle.map_or(-1, |d| (d.as_millis() / 4).clamp(10, 1000) as i32);
+        let mut last_scan = Instant::now();
+        loop {
+            self.stats.syscalls.add(Sys::EpollWait);
+            let n = match sys::epoll_wait(self.ep.as_fd(), &mut events, tick_ms) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) => return Err(e),
+            };
+            let now = Instant::now();
+            let mut woken = false;
+            for ev in &events[..n] {
+                let (token, mask) = (ev.u64, ev.events);
+                match token {
+                    TOKEN_STOP => {}
+                    TOKEN_WAKE => woken = true,
+                    idx => self.on_event(idx as usize, mask, now),
+                }
+            }
+            if self.shared.stop.is_set() {
+                break;
+            }
+            // New connections are adopted after the batch, so a slot freed in this batch
+            // is never reused while an event for its old connection is still unread.
+            if woken {
+                self.stats.syscalls.add(Sys::EventfdRead);
+                sys::eventfd_drain(self.inbox.wake_fd())?;
+                self.inbox.take(&mut arrivals);
+                for c in arrivals.drain(..) {
+                    self.adopt(c, now)?;
+                }
+            }
+            if let Some(limit) = idle {
+                if now.duration_since(last_scan) >= Duration::from_millis(tick_ms as u64) {
+                    last_scan = now;
+                    self.close_idle(now, limit);
+                }
+            }
+            self.shared.log.append(&mut self.rows)?;
+        }
+        // Shutdown: close every connection we hold and everything still queued for us.
+        for idx in 0..self.conns.len() {
+            if self.conns[idx].is_some() {
+                self.close(idx, CloseReason::Shutdown);
+            }
+        }
+        self.inbox.close_leftovers(self.id, &mut self.stats, &mut self.rows);
+        self.shared.log.append(&mut self.rows)?;
+        Ok(self.stats)
+    }
+
+    fn adopt(&mut self, c: NewConn, now: Instant) -> io::Result<()> {
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        self.stats.syscalls.add(Sys::EpollCtl);
+        if let Err(e) = sys::epoll_ctl(self.ep.as_fd(), libc::EPOLL_CTL_ADD, c.fd.as_raw_fd(), events, idx as u64) {
+            // Registration failed (kernel memory): the connection cannot be served, but it
+            // still gets its row.
+            self.free.push(idx);
+            self.stats.record(&mut self.rows, c.meter.finish(self.id, CloseReason::Error));
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            self.stats.syscalls.add(Sys::Close);
+            eprintln!("ringbench: epoll_ctl(ADD) failed for a new connection: {e}");
+            return Ok(());
+        }
+        // Data that arrived before registration is reported by the ADD itself (epoll checks
+        // readiness when a file is added), so nothing is missed here.
+        self.conns[idx] = Some(Conn {
+            fd: c.fd,
+            meter: c.meter,
+            pending: Vec::new(),
+            sent: 0,
+            readable: false,
+            peer_closed: false,
+            last_active: now,
+        });
+        Ok(())
+    }
+
+    fn on_event(&mut self, idx: usize, mask: u32, now: Instant) {
+        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        let hup = (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32;
+        if mask & (libc::EPOLLIN as u32 | libc::EPOLLERR as u32 | hup) != 0 {
+            conn.readable = true;
+        }
+        if mask & hup != 0 {
+            conn.peer_closed = true;
+        }
+        let can_write = mask & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+        if let Some(reason) = conn.pump(can_write, &mut self.scratch, &mut self.stats.syscalls, now) {
+            self.close(idx, reason);
+        }
+    }
+
+    fn close_idle(&mut self, now: Instant, limit: Duration) {
+        for idx in 0..self.conns.len() {
+            if self.conns[idx].as_ref().is_some_and(|c| now.duration_since(c.last_active) >= limit) {
+                self.close(idx, CloseReason::Timeout);
+            }
+        }
+    }
+
+    fn close(&mut self, idx: usize, reason: CloseReason) {
+        if let Some(conn) = self.conns[idx].take() {
+            self.free.push(idx);
+            self.stats.record(&mut self.rows, conn.meter.finish(self.id, reason));
+            // Closing removes the descriptor from the epoll set as well.
+            drop(conn.fd);
+            self.stats.syscalls.add(Sys::Close);
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}

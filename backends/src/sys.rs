@@ -1,0 +1,231 @@
+//! The one place where raw Linux calls are made.
+//!
+//! Every call goes through [`cvt`], so no call site can forget `errno`, and each `unsafe`
+//! block is a few lines long with a `// SAFETY:` note saying why it holds. Backends call
+//! these safe wrappers and count each call in their [`SyscallCounts`](crate::SyscallCounts).
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Values a syscall returns, where `-1` means "look at errno".
+pub trait MinusOne: Copy + PartialEq {
+    const MINUS_ONE: Self;
+}
+impl MinusOne for i32 {
+    const MINUS_ONE: Self = -1;
+}
+impl MinusOne for isize {
+    const MINUS_ONE: Self = -1;
+}
+
+/// Turns a raw syscall return into `io::Result`: `-1` becomes `io::Error::last_os_error()`.
+#[inline]
+pub fn cvt<T: MinusOne>(ret: T) -> io::Result<T> {
+    if ret == T::MINUS_ONE {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Takes ownership of a descriptor the kernel just returned to us.
+fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` was returned by a successful syscall in this module a moment ago and
+    // nothing else holds it, so this OwnedFd is its only owner.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `read(2)` into `buf`.
+#[inline]
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.
+    let n = cvt(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    Ok(n as usize)
+}
+
+/// `write(2)` from `buf`.
+#[inline]
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole call.
+    let n = cvt(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })?;
+    Ok(n as usize)
+}
+
+/// `accept4(2)`: a non-blocking, close-on-exec connection and its peer address.
+pub fn accept4(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, SocketAddr)> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` is a writable sockaddr_storage and `len` holds its size, as
+    // accept4 requires; the kernel writes at most `len` bytes.
+    let fd = cvt(unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            storage.as_mut_ptr().cast(),
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    })?;
+    let fd = owned(fd);
+    // SAFETY: zero-initialised above and possibly filled by the kernel: every bit pattern
+    // of sockaddr_storage is valid.
+    let storage = unsafe { storage.assume_init() };
+    Ok((fd, sockaddr_to_std(&storage)))
+}
+
+/// `getpeername(2)`, for connections accepted without an address (io_uring multishot accept).
+pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: as in accept4: a writable buffer and its length.
+    cvt(unsafe { libc::getpeername(fd.as_raw_fd(), storage.as_mut_ptr().cast(), &mut len) })?;
+    // SAFETY: zero-initialised; any bit pattern is a valid sockaddr_storage.
+    Ok(sockaddr_to_std(&unsafe { storage.assume_init() }))
+}
+
+/// Converts a kernel socket address to the standard library's type. Unknown families map to
+/// the unspecified IPv4 address rather than failing: the address only feeds the log.
+pub fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> SocketAddr {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in, which it is large
+            // and aligned enough for.
+            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            ))
+        }
+        _ => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+    }
+}
+
+/// `listen(2)` again on a bound socket: Linux applies the new backlog, which is how we get
+/// a deeper queue than the standard library's default without hand-building the socket.
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    Ok(())
+}
+
+/// `epoll_create1(EPOLL_CLOEXEC)`.
+pub fn epoll_create() -> io::Result<OwnedFd> {
+    // SAFETY: plain integer argument.
+    Ok(owned(cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?))
+}
+
+/// `epoll_ctl(2)` with `events` and the `token` the event will carry back.
+pub fn epoll_ctl(ep: BorrowedFd<'_>, op: i32, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+    cvt(unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) })?;
+    Ok(())
+}
+
+/// `epoll_wait(2)` into `events`; `timeout_ms` of -1 waits forever.
+pub fn epoll_wait(ep: BorrowedFd<'_>, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+    let max = events.len().min(i32::MAX as usize) as i32;
+    // SAFETY: `events` is writable for `max` entries.
+    let n = cvt(unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) })?;
+    Ok(n as usize)
+}
+
+/// A non-blocking, close-on-exec eventfd.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    Ok(owned(cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?))
+}
+
+/// Adds one to an eventfd's counter, waking whoever waits on it.
+pub fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one = 1u64.to_ne_bytes();
+    match write(fd, &one) {
+        Ok(_) => Ok(()),
+        // The counter is saturated: the waiter has a wake-up pending anyway.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Resets an eventfd's counter so a level-triggered waiter stops seeing it ready.
+pub fn eventfd_drain(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut buf = [0u8; 8];
+    match read(fd, &mut buf) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Resource usage of the whole process (every thread, including io_uring's kernel workers,
+/// which are threads of this process).
+pub fn rusage_self() -> io::Result<libc::rusage> {
+    let mut ru = MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `ru` is a writable rusage.
+    cvt(unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) })?;
+    // SAFETY: zero-initialised and filled by the kernel; all-integer struct.
+    Ok(unsafe { ru.assume_init() })
+}
+
+/// Raises the open-file soft limit to the hard limit and returns `(soft, hard)` after.
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a writable rlimit.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: `want` is a valid rlimit; raising soft up to hard needs no privilege.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) })?;
+        lim.rlim_cur = lim.rlim_max;
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// The current open-file limits `(soft, hard)`.
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a writable rlimit.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// The number of CPUs this process may run on (its affinity mask), at least 1.
+pub fn allowed_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Seconds since the Unix epoch, with microseconds, for log rows.
+pub fn unix_now_s() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// `poll(2)` on one descriptor; returns the revents (0 on timeout).
+pub fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout_ms: i32) -> io::Result<i16> {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+    let n = cvt(unsafe { libc::poll(&mut pfd, 1, timeout_ms) })?;
+    Ok(if n == 0 { 0 } else { pfd.revents })
+}
+
+/// `setsockopt(2)` for an integer option.
+pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` is a valid c_int for the duration of the call and its size is passed.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}

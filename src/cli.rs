@@ -1,0 +1,256 @@
+//! The `ringbench` command line: argument parsing and the thin `server`/`client` drivers.
+//!
+//! Malformed arguments print one line naming the flag and exit 2; a failure of the
+//! environment (port in use, unwritable file, unreachable server) prints one line and
+//! exits 1. Nothing here panics on bad input.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ringbench_backends::{BackendKind, ServerConfig, UringOptions};
+
+use crate::client::{self, ClientConfig, ClientError, MAX_SIZE_BYTES};
+
+#[derive(Parser, Debug)]
+#[command(name = "ringbench", version, about = "Is io_uring faster than epoll for a TCP echo server on this machine?")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the echo server until SIGINT/SIGTERM, then print its summary.
+    Server(ServerArgs),
+    /// Run the blocking threaded load client against a server and verify every byte.
+    Client(ClientArgs),
+}
+
+/// The backends, as the command line names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    Epoll,
+}
+
+impl From<BackendArg> for BackendKind {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Epoll => BackendKind::Epoll,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Which backend serves the connections.
+    #[arg(long, value_enum)]
+    pub backend: BackendArg,
+    /// Address to listen on; use 0.0.0.0:8000 to accept clients from other machines.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+    /// Worker threads (default: one per CPU this process may use).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+    /// Per-connection CSV log: one row when each connection ends.
+    #[arg(long, value_name = "FILE.csv")]
+    pub log: Option<PathBuf>,
+    /// Write the exit summary as JSON here too.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+    /// Close connections idle for this many seconds (reason `timeout`); off by default.
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    pub idle_timeout: Option<Duration>,
+    /// Close new connections at once while this many are open (reason `rejected`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_conns: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// The echo server to load.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub server: SocketAddr,
+    /// Concurrent connections, one thread each.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub connections: u64,
+    /// Requests per connection.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: u64,
+    /// Bytes per request (at most 64 MiB = 67108864).
+    #[arg(long, default_value_t = 64, value_parser = parse_size)]
+    pub size: usize,
+    /// Per-thread CSV, one row per connection.
+    #[arg(long, value_name = "FILE.csv")]
+    pub out: Option<PathBuf>,
+    /// The summary as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Names this client host in every row (default: the hostname).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Seconds allowed for every connect, read and write.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_positive_secs)]
+    pub timeout: Duration,
+    /// Local source addresses to spread connections over (each has its own ephemeral ports).
+    #[arg(long, value_delimiter = ',', value_name = "IP,IP,...")]
+    pub source_ips: Vec<IpAddr>,
+}
+
+fn parse_positive_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(v > 0.0 && v.is_finite() && v <= 86_400.0) {
+        return Err(format!("'{s}' must be more than 0 and at most 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|_| format!("'{s}' is not a whole number of bytes"))?;
+    if v == 0 {
+        return Err("must be at least 1 byte".into());
+    }
+    if v > MAX_SIZE_BYTES {
+        return Err(format!("{v} is over the maximum of {MAX_SIZE_BYTES} bytes (64 MiB)"));
+    }
+    Ok(v)
+}
+
+/// Parses the arguments; on a usage error prints one line and exits 2 (help and version
+/// print in full and exit 0).
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            eprintln!("ringbench: {}", one_line(&e.render().to_string()));
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Folds clap's multi-line error into one line: the error itself and the list of possible
+/// values, without the usage block and the "--help" tip.
+fn one_line(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if line.is_empty() || line.starts_with("tip:") {
+            continue;
+        }
+        parts.push(line.trim_start_matches("error: "));
+    }
+    if parts.is_empty() {
+        "invalid arguments".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = parse();
+    let result = match cli.command {
+        Command::Server(a) => run_server(a),
+        Command::Client(a) => run_client(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ringbench: {e:#}");
+            ExitCode::from(e.downcast_ref::<UsageError>().map_or(1, |_| 2))
+        }
+    }
+}
+
+/// An error the user must fix in the arguments: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn run_server(a: ServerArgs) -> anyhow::Result<ExitCode> {
+    let cfg = ServerConfig {
+        backend: a.backend.into(),
+        bind: a.bind,
+        workers: a.workers.unwrap_or(0) as usize,
+        log: a.log,
+        idle_timeout: a.idle_timeout,
+        max_conns: a.max_conns.map(|n| n as usize),
+        uring: UringOptions::default(),
+    };
+    // Signals are routed to a thread before the server exists, so a SIGTERM that arrives
+    // during start-up is not lost and never kills the process half-way.
+    let mut signals =
+        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]).context("cannot install signal handlers")?;
+    let handle = ringbench_backends::start(cfg)?;
+    let shared = handle.shared();
+    eprintln!(
+        "ringbench: {} server listening on {} with {} workers (SIGINT/SIGTERM stops it)",
+        shared.cfg.backend,
+        handle.local_addr(),
+        shared.workers
+    );
+    std::thread::Builder::new().name("ringbench-signals".into()).spawn(move || {
+        let mut count = 0;
+        for _ in signals.forever() {
+            count += 1;
+            if count == 1 {
+                shared.stop.trigger();
+            } else {
+                // A second signal means "now": skip the orderly shutdown.
+                std::process::exit(130);
+            }
+        }
+    })?;
+    let summary = handle.wait()?;
+    eprintln!("{summary}");
+    if let Some(p) = &a.summary_json {
+        write_json(p, &summary)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_client(a: ClientArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = ClientConfig::new(a.server, a.connections as usize, a.requests, a.size);
+    cfg.timeout = a.timeout;
+    cfg.source_ips = a.source_ips;
+    if let Some(l) = a.label {
+        cfg.label = l;
+    }
+    // Fail on unwritable outputs before spending minutes on the run.
+    for p in [&a.out, &a.json].into_iter().flatten() {
+        std::fs::File::create(p).with_context(|| format!("cannot create '{}'", p.display()))?;
+    }
+    let report = match client::run(&cfg) {
+        Ok(r) => r,
+        Err(e @ (ClientError::TooManyFiles { .. } | ClientError::TooFewPorts { .. })) => {
+            return Err(UsageError(e.to_string()).into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(p) = &a.out {
+        client::write_rows_csv(p, &report.rows).with_context(|| format!("cannot write '{}'", p.display()))?;
+    }
+    if let Some(p) = &a.json {
+        write_json(p, &report.summary)?;
+    }
+    println!("{}", report.summary);
+    if let Some(first) = report.rows.iter().find(|r| r.errors > 0) {
+        println!("  first error        thread {}: {}", first.thread, first.error);
+    }
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Writes `value` as pretty JSON to `path`.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write '{}'", path.display()))
+}

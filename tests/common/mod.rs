@@ -1,0 +1,167 @@
+//! Helpers shared by the integration tests: start a server of any backend on port 0 with a
+//! log in a temporary directory, raw-socket helpers that fail loudly, and the macro that
+//! runs each behaviour test once per backend.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ringbench::backends::{self, BackendKind, ConnRecord, ServerConfig, ServerHandle, ServerSummary};
+use ringbench::client::fill_payload;
+
+/// Runs each test body once per backend, in a module named after the backend.
+/// Adding a backend is one more name in the list at the call site; no test changes.
+#[macro_export]
+macro_rules! backend_suite {
+    ([$($backend:ident),* $(,)?] $tests:tt) => {
+        $( $crate::backend_suite!(@one $backend $tests); )*
+    };
+    (@one $backend:ident { $( $(#[$meta:meta])* fn $name:ident($b:ident) $body:block )* }) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[test]
+                fn $name() {
+                    let $b: ringbench::backends::BackendKind =
+                        stringify!($backend).parse().expect("backend name in the suite list");
+                    $body
+                }
+            )*
+        }
+    };
+}
+
+/// A server under test with its log file.
+pub struct TestServer {
+    pub handle: ServerHandle,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub fn start(backend: BackendKind) -> TestServer {
+        Self::start_with(backend, |_| {})
+    }
+
+    /// Starts with two workers (so hand-off between threads is exercised) on port 0,
+    /// after `tweak` adjusts the config.
+    pub fn start_with(backend: BackendKind, tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("server.csv");
+        let mut cfg = ServerConfig::new(backend);
+        cfg.bind = "127.0.0.1:0".parse().unwrap();
+        cfg.workers = 2;
+        cfg.log = Some(log.clone());
+        tweak(&mut cfg);
+        let handle = backends::start(cfg).expect("server starts");
+        let addr = handle.local_addr();
+        TestServer { handle, addr, log, _dir: dir }
+    }
+
+    /// Waits until the server holds exactly `n` open connections.
+    #[track_caller]
+    pub fn wait_open(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.handle.open_connections() != n {
+            assert!(
+                Instant::now() < deadline,
+                "server holds {} open connections, expected {n}",
+                self.handle.open_connections()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the server and returns its summary and every log row.
+    pub fn stop(self) -> (ServerSummary, Vec<ConnRecord>) {
+        let summary = self.handle.stop().expect("server stops cleanly");
+        let rows = backends::read_log(&self.log).expect("log parses");
+        (summary, rows)
+    }
+}
+
+/// A connected blocking stream with a timeout so a broken server fails the test instead
+/// of hanging it.
+#[track_caller]
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// `len` bytes of a pattern unique to `seed`.
+pub fn pattern(seed: usize, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    fill_payload(&mut v, seed, 0xABCD);
+    v
+}
+
+/// Writes all of `data` or fails the test.
+#[track_caller]
+pub fn checked_write(s: &mut TcpStream, data: &[u8]) {
+    s.write_all(data).unwrap_or_else(|e| panic!("write of {} bytes failed: {e}", data.len()));
+}
+
+/// Reads exactly `want.len()` bytes and asserts they equal `want`, naming the first
+/// differing offset.
+#[track_caller]
+pub fn expect_read(s: &mut TcpStream, want: &[u8]) {
+    let mut got = vec![0u8; want.len()];
+    let mut have = 0;
+    while have < got.len() {
+        match s.read(&mut got[have..]) {
+            Ok(0) => panic!("EOF after {have} of {} expected bytes", want.len()),
+            Ok(n) => have += n,
+            Err(e) => panic!("read failed after {have} of {} bytes: {e}", want.len()),
+        }
+    }
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("byte {i} differs: got {:#04x}, want {:#04x}", got[i], want[i]);
+    }
+}
+
+/// Asserts the next read returns EOF.
+#[track_caller]
+pub fn expect_eof(s: &mut TcpStream) {
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => {}
+        Ok(_) => panic!("expected EOF, got data"),
+        Err(e) => panic!("expected EOF, got error {e}"),
+    }
+}
+
+/// Closes `s` with a TCP reset (SO_LINGER 0) instead of a FIN.
+pub fn reset(s: TcpStream) {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    use std::os::fd::AsRawFd;
+    // SAFETY: `l` is a valid linger struct for the call and `s` an open socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+    drop(s);
+}
+
+/// Polls `cond` until it holds or 20 s pass.
+#[track_caller]
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
