@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ringbench_backends::{BackendKind, ServerConfig, UringOptions};
+use ringbench_backends::{BackendKind, ServerConfig, UringOptions, DEFAULT_COALESCE_US};
 
 use crate::client::{self, ClientConfig, ClientError, MAX_SIZE_BYTES};
 
@@ -67,6 +67,11 @@ pub struct ServerArgs {
     /// Close new connections at once while this many are open (reason `rejected`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_conns: Option<u64>,
+    /// Event coalescing: with 64+ connections open and few events ready, let events gather
+    /// this long before waiting again (one wake-up then serves many requests). 0 turns it off.
+    #[arg(long, value_name = "MICROS", default_value_t = DEFAULT_COALESCE_US,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub coalesce_us: u32,
 }
 
 #[derive(Args, Debug)]
@@ -184,6 +189,7 @@ fn run_server(a: ServerArgs) -> anyhow::Result<ExitCode> {
         log: a.log,
         idle_timeout: a.idle_timeout,
         max_conns: a.max_conns.map(|n| n as usize),
+        coalesce_us: a.coalesce_us,
         uring: UringOptions::default(),
     };
     // Signals are routed to a thread before the server exists, so a SIGTERM that arrives

@@ -115,10 +115,11 @@ pub enum Sys {
     Getpeername,
     IoUringEnter,
     IoUringRegister,
+    Nanosleep,
 }
 
 impl Sys {
-    const ALL: [Sys; 11] = [
+    const ALL: [Sys; 12] = [
         Sys::Accept,
         Sys::Read,
         Sys::Write,
@@ -130,6 +131,7 @@ impl Sys {
         Sys::Getpeername,
         Sys::IoUringEnter,
         Sys::IoUringRegister,
+        Sys::Nanosleep,
     ];
 
     pub fn name(self) -> &'static str {
@@ -145,6 +147,7 @@ impl Sys {
             Sys::Getpeername => "getpeername",
             Sys::IoUringEnter => "io_uring_enter",
             Sys::IoUringRegister => "io_uring_register",
+            Sys::Nanosleep => "clock_nanosleep",
         }
     }
 }
@@ -282,4 +285,41 @@ impl ConnLog {
 pub fn read_log(path: &Path) -> io::Result<Vec<ConnRecord>> {
     let mut r = csv::Reader::from_path(path).map_err(io::Error::other)?;
     r.deserialize().map(|row| row.map_err(io::Error::other)).collect()
+}
+
+/// Event coalescing, the same policy for every backend: when a worker holds many
+/// connections but its last wait returned only a few events, it lets events gather for a
+/// short while before waiting again, so one wake-up serves many requests.
+///
+/// Under closed-loop load with hundreds of connections a server pinned to its own CPU is
+/// otherwise woken for almost every request (about one `epoll_wait` per request), which
+/// costs a syscall, a context switch and an IPI to the client's CPU each time. Gathering
+/// for ~100 µs cuts that to a few per hundred requests and, measured here, raises
+/// throughput too. With few connections it never engages, so single-connection latency is
+/// untouched. `--coalesce-us 0` turns it off.
+///
+/// The backends differ only in how they wait: epoll must sleep (`clock_nanosleep`, counted)
+/// and then `epoll_wait`; io_uring waits for `want` completions *or* the timeout in one
+/// `io_uring_enter`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coalesce {
+    pub wait_us: u32,
+}
+
+impl Coalesce {
+    /// Below this many open connections a worker never waits for more events.
+    pub const MIN_OPEN: usize = 64;
+    /// The most events worth waiting for.
+    pub const MAX_WANT: usize = 64;
+
+    /// How many events a worker with `open` connections should gather before it serves
+    /// them; 1 means "serve whatever is ready now".
+    #[inline]
+    pub fn want(self, open: usize) -> usize {
+        if self.wait_us == 0 || open < Self::MIN_OPEN {
+            1
+        } else {
+            (open / 8).clamp(2, Self::MAX_WANT)
+        }
+    }
 }

@@ -325,6 +325,8 @@ struct Worker<'a> {
     inbox: &'a Inbox,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
+    /// Connections held now (slots in use).
+    open: usize,
     scratch: Box<[u8]>,
     stats: ThreadStats,
     rows: Vec<ConnRecord>,
@@ -358,6 +360,7 @@ impl<'a> Worker<'a> {
             inbox,
             conns: Vec::new(),
             free: Vec::new(),
+            open: 0,
             scratch: vec![0u8; READ_BUF_BYTES].into_boxed_slice(),
             stats,
             rows: Vec::new(),
@@ -372,6 +375,7 @@ impl<'a> Worker<'a> {
         // connections; without one, sleep until something happens.
         let tick_ms = idle.map_or(-1, |d| (d.as_millis() / 4).clamp(10, 1000) as i32);
         let mut last_scan = Instant::now();
+        let coalesce = self.shared.coalesce();
         loop {
             self.stats.syscalls.add(Sys::EpollWait);
             let n = match sys::epoll_wait(self.ep.as_fd(), &mut events, tick_ms) {
@@ -395,8 +399,9 @@ impl<'a> Worker<'a> {
             // New connections are adopted after the batch, so a slot freed in this batch
             // is never reused while an event for its old connection is still unread.
             if woken {
-                self.stats.syscalls.add(Sys::EventfdRead);
-                sys::eventfd_drain(self.inbox.wake_fd())?;
+                // No read of the eventfd: registered edge-triggered, every signal is a new
+                // edge, so its counter never needs resetting (it would take 2^64 wake-ups
+                // to saturate), and the read would cost a syscall per batch of arrivals.
                 self.inbox.take(&mut arrivals);
                 for c in arrivals.drain(..) {
                     self.adopt(c, now)?;
@@ -409,6 +414,10 @@ impl<'a> Worker<'a> {
                 }
             }
             self.shared.log.append(&mut self.rows)?;
+            if n > 0 && n < coalesce.want(self.open) {
+                self.stats.syscalls.add(Sys::Nanosleep);
+                std::thread::sleep(Duration::from_micros(u64::from(coalesce.wait_us)));
+            }
         }
         // Shutdown: close every connection we hold and everything still queued for us.
         for idx in 0..self.conns.len() {
@@ -440,6 +449,7 @@ impl<'a> Worker<'a> {
         }
         // Data that arrived before registration is reported by the ADD itself (epoll checks
         // readiness when a file is added), so nothing is missed here.
+        self.open += 1;
         self.conns[idx] = Some(Conn {
             fd: c.fd,
             meter: c.meter,
@@ -480,6 +490,7 @@ impl<'a> Worker<'a> {
     fn close(&mut self, idx: usize, reason: CloseReason) {
         if let Some(conn) = self.conns[idx].take() {
             self.free.push(idx);
+            self.open -= 1;
             self.stats.record(&mut self.rows, conn.meter.finish(self.id, reason));
             // Closing removes the descriptor from the epoll set as well.
             drop(conn.fd);

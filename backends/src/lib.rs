@@ -17,8 +17,8 @@ mod handoff;
 mod server;
 pub mod sys;
 
-pub use book::{read_log, CloseReason, ConnLog, ConnMeter, ConnRecord, Sys, SyscallCounts, ThreadStats};
-pub use server::{start, BackendKind, ServerConfig, ServerHandle, ServerSummary, Shared, StopSignal, UringOptions};
+pub use book::{read_log, CloseReason, Coalesce, ConnLog, ConnMeter, ConnRecord, Sys, SyscallCounts, ThreadStats};
+pub use server::{start, BackendKind, DEFAULT_COALESCE_US, ServerConfig, ServerHandle, ServerSummary, Shared, StopSignal, UringOptions};
 
 use std::io;
 use std::os::fd::OwnedFd;
