@@ -34,12 +34,14 @@ pub enum Command {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
     Epoll,
+    Uring,
 }
 
 impl From<BackendArg> for BackendKind {
     fn from(b: BackendArg) -> Self {
         match b {
             BackendArg::Epoll => BackendKind::Epoll,
+            BackendArg::Uring => BackendKind::Uring,
         }
     }
 }
@@ -72,6 +74,19 @@ pub struct ServerArgs {
     #[arg(long, value_name = "MICROS", default_value_t = DEFAULT_COALESCE_US,
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub coalesce_us: u32,
+    /// io_uring: single-shot accept and receive instead of multishot.
+    #[arg(long)]
+    pub uring_no_multishot: bool,
+    /// io_uring: a receive buffer per connection instead of a shared provided-buffer ring
+    /// (implies single-shot receive).
+    #[arg(long)]
+    pub uring_no_bufring: bool,
+    /// io_uring: COOP_TASKRUN instead of SINGLE_ISSUER + DEFER_TASKRUN.
+    #[arg(long)]
+    pub uring_no_defer_taskrun: bool,
+    /// io_uring: a kernel thread polls the submission queue (burns CPU while busy).
+    #[arg(long)]
+    pub sqpoll: bool,
 }
 
 #[derive(Args, Debug)]
@@ -190,7 +205,12 @@ fn run_server(a: ServerArgs) -> anyhow::Result<ExitCode> {
         idle_timeout: a.idle_timeout,
         max_conns: a.max_conns.map(|n| n as usize),
         coalesce_us: a.coalesce_us,
-        uring: UringOptions::default(),
+        uring: UringOptions {
+            multishot: !a.uring_no_multishot,
+            bufring: !a.uring_no_bufring,
+            defer_taskrun: !a.uring_no_defer_taskrun,
+            sqpoll: a.sqpoll,
+        },
     };
     // Signals are routed to a thread before the server exists, so a SIGTERM that arrives
     // during start-up is not lost and never kills the process half-way.

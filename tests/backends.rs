@@ -26,7 +26,7 @@ fn assert_ok(r: &client::ClientReport) {
     assert!(r.ok(), "client run failed: {} errors, first: {first:?}", r.summary.errors);
 }
 
-backend_suite!([epoll] {
+backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_defer_taskrun] {
     fn echoes_every_size_byte_exact(backend) {
         let srv = TestServer::start(backend);
         let mut expected_rows = 0;
@@ -67,12 +67,16 @@ backend_suite!([epoll] {
             checked_write(&mut s, &pattern(i, 10));
             reset(s);
         }
-        srv.wait_open(0);
+        srv.wait_settled(60, 0);
         let (summary, rows) = srv.stop();
         assert_eq!(rows.len(), 60, "one row per connection");
         assert_eq!(summary.connections, 60);
-        let peers: HashSet<_> = rows.iter().map(|r| r.peer).collect();
-        assert_eq!(peers.len(), 60, "no connection logged twice");
+        // A backend that learns the peer after accepting (io_uring's multishot accept has no
+        // address) cannot name a client that reset first; those are logged as 0.0.0.0:0.
+        let unknown = rows.iter().filter(|r| r.peer.port() == 0).count();
+        assert!(unknown <= 10, "{unknown} rows without a peer");
+        let peers: HashSet<_> = rows.iter().map(|r| r.peer).filter(|p| p.port() != 0).collect();
+        assert_eq!(peers.len(), 60 - unknown, "no connection logged twice");
         assert_eq!(rows.iter().filter(|r| r.bytes == 320).count(), 30);
     }
 
@@ -123,9 +127,9 @@ backend_suite!([epoll] {
             checked_write(&mut good, &p);
             expect_read(&mut good, &p);
         }
-        srv.wait_open(1);
+        srv.wait_settled(51, 1);
         drop(good);
-        srv.wait_open(0);
+        srv.wait_settled(51, 0);
         let (_, rows) = srv.stop();
         assert_eq!(rows.len(), 51);
         let resets = rows.iter().filter(|r| r.close_reason == CloseReason::Reset).count();
@@ -140,7 +144,7 @@ backend_suite!([epoll] {
             checked_write(s, &pattern(i, 1000));
             expect_read(s, &pattern(i, 1000));
         }
-        srv.wait_open(110);
+        srv.wait_settled(110, 110);
         let t = Instant::now();
         let (summary, rows) = srv.stop();
         assert!(t.elapsed() < Duration::from_secs(3), "stop took {:?}", t.elapsed());
@@ -168,7 +172,7 @@ backend_suite!([epoll] {
     fn max_conns_turns_away_the_excess_and_keeps_serving(backend) {
         let srv = TestServer::start_with(backend, |c| c.max_conns = Some(5));
         let mut kept: Vec<_> = (0..5).map(|_| connect(srv.addr)).collect();
-        srv.wait_open(5);
+        srv.wait_settled(5, 5);
         let mut extra = connect(srv.addr);
         expect_eof(&mut extra);
         for (i, s) in kept.iter_mut().enumerate() {
@@ -176,7 +180,7 @@ backend_suite!([epoll] {
             expect_read(s, &pattern(i, 64));
         }
         drop(kept);
-        srv.wait_open(0);
+        srv.wait_settled(6, 0);
         let (summary, rows) = srv.stop();
         assert_eq!(summary.rejected, 1);
         assert_eq!(rows.len(), 6);
@@ -188,7 +192,9 @@ backend_suite!([epoll] {
         let log = dir.path().join("log.csv");
         let summary = dir.path().join("summary.json");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringbench"))
-            .args(["server", "--backend", backend.name(), "--bind", "127.0.0.1:0", "--workers", "2", "--log"])
+            .args(["server", "--backend", backend.name(), "--bind", "127.0.0.1:0", "--workers", "2"])
+            .args(&backend.flags)
+            .arg("--log")
             .arg(&log)
             .arg("--summary-json")
             .arg(&summary)
@@ -211,7 +217,9 @@ backend_suite!([epoll] {
         let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
         assert_eq!(json["connections"], 70);
         assert_eq!(json["backend"], backend.name());
-        assert!(json["syscalls_total"].as_u64().unwrap() > 2000);
+        let by_kind: u64 = json["syscalls"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+        assert!(by_kind > 0);
+        assert_eq!(json["syscalls_total"].as_u64().unwrap(), by_kind);
         drop(idle);
     }
 });

@@ -109,3 +109,54 @@ fn help_lists_the_subcommands() {
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("server") && s.contains("client"));
 }
+
+/// io_uring blocked the way a container's seccomp profile blocks it: the server must fail
+/// with one line that names the cause and suggests epoll, not panic or hang.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn uring_unavailable_under_seccomp_fails_with_one_line_suggesting_epoll() {
+    use std::os::unix::process::CommandExt;
+
+    fn deny_io_uring_setup() -> std::io::Result<()> {
+        const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+        let stmt = |code: u16, k: u32| libc::sock_filter { code, jt: 0, jf: 0, k };
+        let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt,
+            jf,
+            k,
+        };
+        let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+        let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+        let filter = [
+            stmt(load, 4), // seccomp_data.arch
+            jeq(AUDIT_ARCH_X86_64, 0, 3),
+            stmt(load, 0), // seccomp_data.nr
+            jeq(libc::SYS_io_uring_setup as u32, 0, 1),
+            stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+            stmt(ret, libc::SECCOMP_RET_ALLOW),
+        ];
+        let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut libc::sock_filter };
+        // SAFETY: plain prctl calls in the forked child; `prog` outlives the call.
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const libc::sock_fprog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringbench"));
+    cmd.args(["server", "--backend", "uring", "--bind", "127.0.0.1:0"]);
+    // SAFETY: the hook only makes two prctl syscalls, which are async-signal-safe.
+    unsafe { cmd.pre_exec(deny_io_uring_setup) };
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("io_uring is unavailable") && lines[0].contains("--backend epoll"), "{err}");
+    assert!(lines[0].contains("Operation not permitted"), "{err}");
+}

@@ -49,13 +49,15 @@ impl Backend for Epoll {
     }
 
     fn serve(self: Box<Self>, listener: OwnedFd, shared: &Shared) -> io::Result<Vec<ThreadStats>> {
-        let inboxes = (0..shared.workers).map(|_| Inbox::new()).collect::<io::Result<Vec<_>>>()?;
+        let inboxes: Vec<Inbox> = (0..shared.workers).map(|_| Inbox::default()).collect();
+        // Each worker's doorbell: an eventfd the acceptor writes when its queue was empty.
+        let doorbells = (0..shared.workers).map(|_| sys::eventfd()).collect::<io::Result<Vec<_>>>()?;
         std::thread::scope(|s| {
             let mut handles = Vec::with_capacity(inboxes.len());
-            for (id, inbox) in inboxes.iter().enumerate() {
+            for (id, (inbox, bell)) in inboxes.iter().zip(&doorbells).enumerate() {
                 let h = std::thread::Builder::new()
                     .name(format!("ringbench-epoll-{id}"))
-                    .spawn_scoped(s, move || Worker::new(id, shared, inbox)?.run());
+                    .spawn_scoped(s, move || Worker::new(id, shared, inbox, bell)?.run());
                 match h {
                     Ok(h) => handles.push(h),
                     Err(e) => {
@@ -64,7 +66,7 @@ impl Backend for Epoll {
                     }
                 }
             }
-            let accepted = accept_loop(&listener, shared, &inboxes);
+            let accepted = accept_loop(&listener, shared, &inboxes, &doorbells);
             // Whatever ended the acceptor, the workers must stop too.
             shared.stop.trigger();
             drop(listener);
@@ -85,7 +87,12 @@ impl Backend for Epoll {
 
 /// The acceptor: level-triggered epoll on the listening socket and the stop signal.
 /// Accepts until EAGAIN each time the socket is ready and deals connections round-robin.
-pub fn accept_loop(listener: &OwnedFd, shared: &Shared, inboxes: &[Inbox]) -> io::Result<ThreadStats> {
+fn accept_loop(
+    listener: &OwnedFd,
+    shared: &Shared,
+    inboxes: &[Inbox],
+    doorbells: &[OwnedFd],
+) -> io::Result<ThreadStats> {
     let mut st = ThreadStats::default();
     let mut rows: Vec<ConnRecord> = Vec::new();
     let ep = sys::epoll_create()?;
@@ -126,7 +133,7 @@ pub fn accept_loop(listener: &OwnedFd, shared: &Shared, inboxes: &[Inbox]) -> io
                     let meter = ConnMeter::new(peer, fd.as_raw_fd());
                     let id = next % inboxes.len();
                     next = next.wrapping_add(1);
-                    if shared.over_limit() {
+                    if !shared.admit() {
                         st.rejected += 1;
                         st.record(&mut rows, meter.finish(id, CloseReason::Rejected));
                         drop(fd);
@@ -136,7 +143,7 @@ pub fn accept_loop(listener: &OwnedFd, shared: &Shared, inboxes: &[Inbox]) -> io
                     shared.open.fetch_add(1, Ordering::Relaxed);
                     if inboxes[id].push(NewConn { fd, meter }) {
                         st.syscalls.add(Sys::EventfdWrite);
-                        inboxes[id].wake()?;
+                        sys::eventfd_signal(doorbells[id].as_fd())?;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -333,7 +340,7 @@ struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    fn new(id: usize, shared: &'a Shared, inbox: &'a Inbox) -> io::Result<Self> {
+    fn new(id: usize, shared: &'a Shared, inbox: &'a Inbox, doorbell: &'a OwnedFd) -> io::Result<Self> {
         let ep = sys::epoll_create()?;
         // The stop signal is level-triggered: once set, every wait returns at once.
         sys::epoll_ctl(
@@ -346,7 +353,7 @@ impl<'a> Worker<'a> {
         sys::epoll_ctl(
             ep.as_fd(),
             libc::EPOLL_CTL_ADD,
-            inbox.wake_fd().as_raw_fd(),
+            doorbell.as_raw_fd(),
             (libc::EPOLLIN | libc::EPOLLET) as u32,
             TOKEN_WAKE,
         )?;

@@ -1,14 +1,14 @@
 //! Handing accepted connections from the acceptor to a worker.
 //!
-//! The acceptor pushes into a worker's queue and signals its eventfd only when the queue
-//! was empty, so a burst of accepts costs the worker one wake-up, not one per connection.
+//! The acceptor pushes into a worker's queue and rings the worker's doorbell only when the
+//! queue was empty, so a burst of accepts costs the worker one wake-up, not one per
+//! connection. The doorbell is backend-specific: an eventfd write for epoll, an
+//! IORING_OP_MSG_RING completion posted into the worker's ring for io_uring.
 
-use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
 use crate::book::{CloseReason, ConnMeter, ConnRecord, ThreadStats};
-use crate::sys;
 
 /// An accepted connection on its way to a worker.
 pub struct NewConn {
@@ -16,39 +16,25 @@ pub struct NewConn {
     pub meter: ConnMeter,
 }
 
-/// One worker's incoming queue and the eventfd that wakes it.
+/// One worker's incoming queue.
+#[derive(Default)]
 pub struct Inbox {
     queue: Mutex<Vec<NewConn>>,
-    wake: OwnedFd,
 }
 
 impl Inbox {
-    pub fn new() -> io::Result<Self> {
-        Ok(Inbox { queue: Mutex::new(Vec::new()), wake: sys::eventfd()? })
-    }
-
     /// Queues `conn`; returns true when the worker must be woken (the queue was empty, so
-    /// no wake-up is pending for it yet). The caller then calls [`Inbox::wake`].
+    /// no wake-up is pending for it yet).
     pub fn push(&self, conn: NewConn) -> bool {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.push(conn);
         q.len() == 1
     }
 
-    /// Wakes the worker (one eventfd write).
-    pub fn wake(&self) -> io::Result<()> {
-        sys::eventfd_signal(self.wake.as_fd())
-    }
-
     /// Takes everything queued so far; `into` must be empty and is reused across calls.
     pub fn take(&self, into: &mut Vec<NewConn>) {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::swap(&mut *q, into);
-    }
-
-    /// The eventfd the worker waits on.
-    pub fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
     }
 
     /// Closes whatever is still queued at shutdown, one `shutdown` row each, so a

@@ -16,9 +16,13 @@ pub mod epoll;
 mod handoff;
 mod server;
 pub mod sys;
+pub mod uring;
 
 pub use book::{read_log, CloseReason, Coalesce, ConnLog, ConnMeter, ConnRecord, Sys, SyscallCounts, ThreadStats};
-pub use server::{start, BackendKind, DEFAULT_COALESCE_US, ServerConfig, ServerHandle, ServerSummary, Shared, StopSignal, UringOptions};
+pub use server::{
+    start, BackendKind, ServerConfig, ServerHandle, ServerSummary, Shared, StopSignal, UringOptions,
+    DEFAULT_COALESCE_US,
+};
 
 use std::io;
 use std::os::fd::OwnedFd;

@@ -32,22 +32,25 @@ pub const DEFAULT_COALESCE_US: u32 = 200;
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Epoll,
+    Uring,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 1] = [BackendKind::Epoll];
+    pub const ALL: [BackendKind; 2] = [BackendKind::Epoll, BackendKind::Uring];
 
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Epoll => "epoll",
+            BackendKind::Uring => "uring",
         }
     }
 
     /// Builds the backend for `cfg`, probing the kernel for what it needs. A backend the
     /// kernel cannot provide fails here, before anything is served.
-    pub fn build(self, _cfg: &ServerConfig) -> io::Result<Box<dyn Backend>> {
+    pub fn build(self, cfg: &ServerConfig) -> io::Result<Box<dyn Backend>> {
         match self {
             BackendKind::Epoll => Ok(Box::new(crate::epoll::Epoll)),
+            BackendKind::Uring => Ok(Box::new(crate::uring::Uring::probe(&cfg.uring)?)),
         }
     }
 }
@@ -80,13 +83,11 @@ pub struct UringOptions {
     pub defer_taskrun: bool,
     /// A kernel thread polls the submission queue (opt-in: it burns a CPU while busy).
     pub sqpoll: bool,
-    /// Connections as registered (direct) descriptors handed over with IORING_OP_MSG_RING.
-    pub direct_fds: bool,
 }
 
 impl Default for UringOptions {
     fn default() -> Self {
-        UringOptions { multishot: true, bufring: true, defer_taskrun: true, sqpoll: false, direct_fds: true }
+        UringOptions { multishot: true, bufring: true, defer_taskrun: true, sqpoll: false }
     }
 }
 
@@ -172,11 +173,20 @@ pub struct Shared {
     pub log: ConnLog,
     /// Connections currently open (accepted, not yet closed), for `--max-conns`.
     pub open: AtomicUsize,
+    /// Connections accepted so far (rejected ones included).
+    pub accepted: AtomicUsize,
 }
 
 impl Shared {
     pub fn coalesce(&self) -> Coalesce {
         Coalesce { wait_us: self.cfg.coalesce_us }
+    }
+
+    /// Counts an accepted connection and says whether it must be turned away under
+    /// `--max-conns`.
+    pub fn admit(&self) -> bool {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        !self.over_limit()
     }
 
     /// Whether a new connection must be turned away under `--max-conns`.
@@ -276,6 +286,11 @@ impl ServerHandle {
         self.shared.open.load(Ordering::Relaxed)
     }
 
+    /// Connections accepted since the start (rejected ones included).
+    pub fn accepted_connections(&self) -> usize {
+        self.shared.accepted.load(Ordering::Relaxed)
+    }
+
     /// The shared state, e.g. to trigger the stop from a signal handler thread.
     pub fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
@@ -328,7 +343,14 @@ pub fn start(cfg: ServerConfig) -> io::Result<ServerHandle> {
     let mut features: BTreeMap<String, String> = backend.features().into_iter().collect();
     features.insert("listen_backlog".into(), LISTEN_BACKLOG.min(somaxconn()).to_string());
     features.insert("coalesce_us".into(), cfg.coalesce_us.to_string());
-    let shared = Arc::new(Shared { cfg, workers, stop: StopSignal::new()?, log, open: AtomicUsize::new(0) });
+    let shared = Arc::new(Shared {
+        cfg,
+        workers,
+        stop: StopSignal::new()?,
+        log,
+        open: AtomicUsize::new(0),
+        accepted: AtomicUsize::new(0),
+    });
 
     let sh = Arc::clone(&shared);
     let thread = std::thread::Builder::new().name("ringbench-accept".into()).spawn(move || {

@@ -229,3 +229,17 @@ pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> 
     })?;
     Ok(())
 }
+
+/// The running kernel's `(major, minor)` version, from uname(2); `(0, 0)` if unparsable.
+pub fn kernel_version() -> (u32, u32) {
+    let mut u = MaybeUninit::<libc::utsname>::zeroed();
+    // SAFETY: `u` is a writable utsname.
+    if cvt(unsafe { libc::uname(u.as_mut_ptr()) }).is_err() {
+        return (0, 0);
+    }
+    // SAFETY: zero-initialised and filled by the kernel with NUL-terminated strings.
+    let u = unsafe { u.assume_init() };
+    let release: String = u.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8 as char).collect();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ringbench::backends::{self, BackendKind, ConnRecord, ServerConfig, ServerHandle, ServerSummary};
+use ringbench::backends::{self, BackendKind, ConnRecord, ServerConfig, ServerHandle, ServerSummary, UringOptions};
 use ringbench::client::fill_payload;
 
 /// Runs each test body once per backend, in a module named after the backend.
@@ -26,13 +26,44 @@ macro_rules! backend_suite {
                 $(#[$meta])*
                 #[test]
                 fn $name() {
-                    let $b: ringbench::backends::BackendKind =
-                        stringify!($backend).parse().expect("backend name in the suite list");
+                    let $b = $crate::common::Variant::named(stringify!($backend));
                     $body
                 }
             )*
         }
     };
+}
+
+/// A backend as the suite runs it: the backend and, for io_uring, which optional features
+/// are switched off, so every fallback path passes the same tests.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    pub kind: BackendKind,
+    pub uring: UringOptions,
+    /// The same switches as command-line flags, for tests that run the binary.
+    pub flags: Vec<&'static str>,
+}
+
+impl Variant {
+    pub fn named(name: &str) -> Variant {
+        let (kind, flags): (&str, &[&'static str]) = match name {
+            "uring_no_multishot" => ("uring", &["--uring-no-multishot"]),
+            "uring_no_bufring" => ("uring", &["--uring-no-bufring"]),
+            "uring_no_defer_taskrun" => ("uring", &["--uring-no-defer-taskrun"]),
+            other => (other, &[]),
+        };
+        let uring = UringOptions {
+            multishot: !flags.contains(&"--uring-no-multishot"),
+            bufring: !flags.contains(&"--uring-no-bufring"),
+            defer_taskrun: !flags.contains(&"--uring-no-defer-taskrun"),
+            sqpoll: false,
+        };
+        Variant { kind: kind.parse().expect("backend name in the suite list"), uring, flags: flags.to_vec() }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
+    }
 }
 
 /// A server under test with its log file.
@@ -44,16 +75,17 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub fn start(backend: BackendKind) -> TestServer {
+    pub fn start(backend: Variant) -> TestServer {
         Self::start_with(backend, |_| {})
     }
 
     /// Starts with two workers (so hand-off between threads is exercised) on port 0,
     /// after `tweak` adjusts the config.
-    pub fn start_with(backend: BackendKind, tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    pub fn start_with(backend: Variant, tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("server.csv");
-        let mut cfg = ServerConfig::new(backend);
+        let mut cfg = ServerConfig::new(backend.kind);
+        cfg.uring = backend.uring;
         cfg.bind = "127.0.0.1:0".parse().unwrap();
         cfg.workers = 2;
         cfg.log = Some(log.clone());
@@ -63,14 +95,16 @@ impl TestServer {
         TestServer { handle, addr, log, _dir: dir }
     }
 
-    /// Waits until the server holds exactly `n` open connections.
+    /// Waits until the server has accepted `accepted` connections in all and holds exactly
+    /// `open` of them open.
     #[track_caller]
-    pub fn wait_open(&self, n: usize) {
+    pub fn wait_settled(&self, accepted: usize, open: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.handle.open_connections() != n {
+        while self.handle.accepted_connections() != accepted || self.handle.open_connections() != open {
             assert!(
                 Instant::now() < deadline,
-                "server holds {} open connections, expected {n}",
+                "server accepted {} and holds {} open connections, expected {accepted} and {open}",
+                self.handle.accepted_connections(),
                 self.handle.open_connections()
             );
             std::thread::sleep(Duration::from_millis(5));
