@@ -14,6 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ringbench_backends::{BackendKind, ServerConfig, UringOptions, DEFAULT_COALESCE_US};
 
 use crate::client::{self, ClientConfig, ClientError, MAX_SIZE_BYTES};
+use crate::matrix::{self, MatrixConfig};
+use crate::variant::Variant;
 
 #[derive(Parser, Debug)]
 #[command(name = "ringbench", version, about = "Is io_uring faster than epoll for a TCP echo server on this machine?")]
@@ -28,6 +30,69 @@ pub enum Command {
     Server(ServerArgs),
     /// Run the blocking threaded load client against a server and verify every byte.
     Client(ClientArgs),
+    /// Sweep backends × connections (× sizes), repeated, and build the report and charts.
+    Matrix(MatrixArgs),
+    /// Rebuild overall.csv, summary.md and plots/ of a sweep directory from its raw/ files.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MatrixArgs {
+    /// Connection counts to sweep [default: 100,200,500,1000,1500,2000,2500,3000,4000].
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub connections: Vec<u64>,
+    /// Backends (and variants such as uring-no-bufring) to compare, interleaved [default: epoll,uring].
+    #[arg(long, value_delimiter = ',', value_name = "NAME,NAME,...", value_parser = parse_variant)]
+    pub backends: Vec<String>,
+    /// Requests per connection [default: 100].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+    /// Bytes per request; a list sweeps sizes too [default: 64].
+    #[arg(long, value_delimiter = ',', value_name = "BYTES,...", value_parser = parse_size)]
+    pub size: Vec<usize>,
+    /// Repeats of each point [default: 3].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub repeats: Option<u64>,
+    /// Server worker threads [default: one per server CPU].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+    /// Output directory [default: results/<UTC timestamp>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// A smoke sweep in under a minute: 50 and 200 connections, 20 requests, 1 repeat.
+    #[arg(long)]
+    pub quick: bool,
+    /// CPUs for the server [default: the first half of the CPUs this process may use].
+    #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
+    pub server_cpus: Vec<usize>,
+    /// CPUs for the client [default: the other half].
+    #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
+    pub client_cpus: Vec<usize>,
+    /// Do not pin the server and the client to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Client timeout for every connect, read and write, in seconds.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_positive_secs)]
+    pub timeout: Duration,
+    /// Names this client host in the raw files and rows (default: the hostname).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// An extra `ringbench server` argument for every run (repeatable), e.g. --server-arg=--coalesce-us=0.
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A sweep directory (the --out of `ringbench matrix`), holding raw/.
+    pub dir: PathBuf,
+    /// Backend order in tables and charts (the first is the baseline of every comparison).
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub backends: Vec<String>,
+}
+
+fn parse_variant(s: &str) -> Result<String, String> {
+    Variant::parse(s).map(|v| v.name)
 }
 
 /// The backends, as the command line names them.
@@ -181,6 +246,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Server(a) => run_server(a),
         Command::Client(a) => run_client(a),
+        Command::Matrix(a) => run_matrix(a),
+        Command::Report(a) => run_report(a),
     };
     match result {
         Ok(code) => code,
@@ -273,6 +340,63 @@ fn run_client(a: ClientArgs) -> anyhow::Result<ExitCode> {
         println!("  first error        thread {}: {}", first.thread, first.error);
     }
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn run_matrix(a: MatrixArgs) -> anyhow::Result<ExitCode> {
+    let q = a.quick;
+    let or = |v: Vec<u64>, quick: &[u64], full: &[u64]| -> Vec<usize> {
+        let v = if v.is_empty() {
+            if q {
+                quick.to_vec()
+            } else {
+                full.to_vec()
+            }
+        } else {
+            v
+        };
+        v.into_iter().map(|x| x as usize).collect()
+    };
+    let (mut server_cpus, mut client_cpus) = matrix::default_pinning();
+    if !a.server_cpus.is_empty() || !a.client_cpus.is_empty() {
+        (server_cpus, client_cpus) = (a.server_cpus, a.client_cpus);
+    }
+    if a.no_pin {
+        (server_cpus, client_cpus) = (Vec::new(), Vec::new());
+    }
+    let allowed = ringbench_backends::sys::affinity().unwrap_or_default();
+    if let Some(c) = server_cpus.iter().chain(&client_cpus).find(|c| !allowed.contains(c)) {
+        return Err(UsageError(format!(
+            "--server-cpus/--client-cpus: CPU {c} is not one this process may use ({allowed:?})"
+        ))
+        .into());
+    }
+    let cfg = MatrixConfig {
+        connections: or(a.connections, &[50, 200], &[100, 200, 500, 1000, 1500, 2000, 2500, 3000, 4000]),
+        backends: if a.backends.is_empty() { vec!["epoll".into(), "uring".into()] } else { a.backends },
+        requests: a.requests.unwrap_or(if q { 20 } else { 100 }),
+        sizes: if a.size.is_empty() { vec![64] } else { a.size },
+        repeats: a.repeats.unwrap_or(if q { 1 } else { 3 }) as usize,
+        // Recorded resolved, so the report names the worker count that ran.
+        workers: Some(a.workers.map_or(
+            if server_cpus.is_empty() { ringbench_backends::sys::allowed_cpus() } else { server_cpus.len() },
+            |w| w as usize,
+        )),
+        out: a.out.unwrap_or_else(|| PathBuf::from("results").join(crate::env::utc_now().replace(':', "-"))),
+        server_cpus,
+        client_cpus,
+        timeout_s: a.timeout.as_secs_f64(),
+        server_args: a.server_args,
+        label: a.label.unwrap_or_else(client::default_label),
+    };
+    matrix::run(&cfg)
+}
+
+fn run_report(a: ReportArgs) -> anyhow::Result<ExitCode> {
+    let points = crate::report::build(&a.dir, &a.backends)?;
+    let failed = points.iter().filter(|p| !p.ok).count();
+    println!("{}", a.dir.join("summary.md").display());
+    eprintln!("ringbench report: {} points ({failed} failed) from {}", points.len(), a.dir.join("raw").display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes `value` as pretty JSON to `path`.

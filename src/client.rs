@@ -131,6 +131,10 @@ pub struct ClientSummary {
     pub connect_mean_s: f64,
     pub connect_max_s: f64,
     pub latency_model: String,
+    /// Every round trip in nanoseconds as an HdrHistogram (V2 serialization, base64), so
+    /// reports can merge the latencies of several client hosts exactly.
+    #[serde(default)]
+    pub latency_histogram: String,
 }
 
 /// Everything a run produced.
@@ -518,8 +522,27 @@ fn summarise(cfg: &ClientConfig, outcomes: Vec<ThreadOutcome>, wall_s: f64) -> C
         connect_mean_s: if ok > 0 { connect_sum / ok as f64 } else { 0.0 },
         connect_max_s: connect_max,
         latency_model: LATENCY_MODEL.into(),
+        latency_histogram: encode_histogram(&hist),
     };
     ClientReport { summary, rows, histogram: hist }
+}
+
+/// A histogram as base64 of its V2 serialization (empty if it cannot be serialized).
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    use base64::Engine;
+    use hdrhistogram::serialization::Serializer;
+    let mut buf = Vec::new();
+    match hdrhistogram::serialization::V2Serializer::new().serialize(h, &mut buf) {
+        Ok(_) => base64::engine::general_purpose::STANDARD.encode(buf),
+        Err(_) => String::new(),
+    }
+}
+
+/// The inverse of [`encode_histogram`].
+pub fn decode_histogram(s: &str) -> Option<Histogram<u64>> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    hdrhistogram::serialization::Deserializer::new().deserialize(&mut bytes.as_slice()).ok()
 }
 
 /// How to read the latency figures; printed with them.

@@ -7,5 +7,9 @@
 
 pub mod cli;
 pub mod client;
+pub mod env;
+pub mod matrix;
+pub mod report;
+pub mod variant;
 
 pub use ringbench_backends as backends;

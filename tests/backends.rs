@@ -192,7 +192,7 @@ backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_def
         let log = dir.path().join("log.csv");
         let summary = dir.path().join("summary.json");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringbench"))
-            .args(["server", "--backend", backend.name(), "--bind", "127.0.0.1:0", "--workers", "2"])
+            .args(["server", "--backend", backend.kind.name(), "--bind", "127.0.0.1:0", "--workers", "2"])
             .args(&backend.flags)
             .arg("--log")
             .arg(&log)
@@ -216,7 +216,7 @@ backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_def
         assert_eq!(rows.len(), 70);
         let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
         assert_eq!(json["connections"], 70);
-        assert_eq!(json["backend"], backend.name());
+        assert_eq!(json["backend"], backend.kind.name());
         let by_kind: u64 = json["syscalls"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
         assert!(by_kind > 0);
         assert_eq!(json["syscalls_total"].as_u64().unwrap(), by_kind);

@@ -102,6 +102,7 @@ fn accept_loop(
     st.syscalls.add(Sys::EpollCtl);
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 2];
     let mut next = 0usize;
+    shared.mark_ready();
     let mut out_of_fds = OutOfFds::default();
     loop {
         let timeout = if out_of_fds.active { ACCEPT_RETRY_MS } else { -1 };

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -175,9 +175,19 @@ pub struct Shared {
     pub open: AtomicUsize,
     /// Connections accepted so far (rejected ones included).
     pub accepted: AtomicUsize,
+    /// Resource usage when set-up ended (rings, buffers, threads), so the summary's CPU
+    /// counts serving only and short runs are not dominated by start-up.
+    ready: Mutex<Option<(libc::rusage, Instant)>>,
 }
 
 impl Shared {
+    /// Called by a backend once its workers are set up, right before it starts accepting.
+    pub fn mark_ready(&self) {
+        if let Ok(ru) = sys::rusage_self() {
+            *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some((ru, Instant::now()));
+        }
+    }
+
     pub fn coalesce(&self) -> Coalesce {
         Coalesce { wait_us: self.cfg.coalesce_us }
     }
@@ -209,8 +219,10 @@ pub struct ServerSummary {
     pub log_rows: u64,
     pub bytes: u64,
     pub reads: u64,
+    /// From the end of set-up to the end of shutdown.
     pub wall_s: f64,
-    /// CPU time of the whole server process while it ran (getrusage RUSAGE_SELF).
+    /// CPU time of the whole server process (getrusage RUSAGE_SELF, all threads including
+    /// io_uring's kernel workers) from the end of set-up to the end of shutdown.
     pub cpu_user_s: f64,
     pub cpu_sys_s: f64,
     pub voluntary_ctx_switches: u64,
@@ -350,15 +362,16 @@ pub fn start(cfg: ServerConfig) -> io::Result<ServerHandle> {
         log,
         open: AtomicUsize::new(0),
         accepted: AtomicUsize::new(0),
+        ready: Mutex::new(None),
     });
 
     let sh = Arc::clone(&shared);
     let thread = std::thread::Builder::new().name("ringbench-accept".into()).spawn(move || {
-        let ru0 = sys::rusage_self()?;
-        let t0 = Instant::now();
+        let start = (sys::rusage_self()?, Instant::now());
         let name = backend.name();
         let per_thread = backend.serve(listener, &sh)?;
         let flushed = sh.log.flush();
+        let (ru0, t0) = sh.ready.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or(start);
         let wall_s = t0.elapsed().as_secs_f64();
         let ru1 = sys::rusage_self()?;
         flushed?;

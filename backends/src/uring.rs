@@ -247,10 +247,10 @@ impl Uring {
         })
     }
 
-    fn build_ring(&self, entries: u32) -> io::Result<IoUring> {
+    fn build_ring(&self, entries: u32, cq_entries: u32) -> io::Result<IoUring> {
         let f = &self.feat;
         let mut b = IoUring::builder();
-        b.setup_cqsize(CQ_ENTRIES.max(entries * 2));
+        b.setup_cqsize(cq_entries);
         match f.taskrun {
             Taskrun::Defer => {
                 b.setup_single_issuer().setup_defer_taskrun();
@@ -312,21 +312,9 @@ impl Backend for Uring {
             let mut handles = Vec::with_capacity(inboxes.len());
             for (id, inbox) in inboxes.iter().enumerate() {
                 let tx = tx.clone();
-                let h = std::thread::Builder::new().name(format!("ringbench-uring-{id}")).spawn_scoped(s, move || {
-                    let ring = match this.build_ring(SQ_ENTRIES) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = tx.send((id, Err(io::Error::new(e.kind(), e.to_string()))));
-                            return Err(e);
-                        }
-                    };
-                    // SAFETY: the ring's descriptor is open for as long as `ring` lives, which
-                    // covers this call; the clone is a new descriptor of our own.
-                    let target = unsafe { std::os::fd::BorrowedFd::borrow_raw(ring.as_raw_fd()) }.try_clone_to_owned();
-                    let _ = tx.send((id, target));
-                    drop(tx);
-                    run_worker(id, ring, &this.feat, shared, inbox)
-                });
+                let h = std::thread::Builder::new()
+                    .name(format!("ringbench-uring-{id}"))
+                    .spawn_scoped(s, move || run_worker(id, this, shared, inbox, tx));
                 match h {
                     Ok(h) => handles.push(h),
                     Err(e) => {
@@ -345,7 +333,10 @@ impl Backend for Uring {
                 }
             }
             let accepted = match (setup_err, targets.into_iter().collect::<Option<Vec<OwnedFd>>>()) {
-                (None, Some(targets)) => accept_loop(this, &listener, shared, &inboxes, &targets),
+                (None, Some(targets)) => {
+                    shared.mark_ready();
+                    accept_loop(this, &listener, shared, &inboxes, &targets)
+                }
                 (Some(e), _) => Err(e),
                 (None, None) => Err(io::Error::other("a uring worker exited before its ring was ready")),
             };
@@ -596,21 +587,45 @@ struct UWorker<'a, 'r> {
     now: Instant,
 }
 
+/// A worker: sets up its ring and buffers, reports ready (sending the acceptor a
+/// duplicate of its ring's descriptor, or the set-up error), then serves.
 fn run_worker(
     id: usize,
-    mut ring: IoUring,
-    feat: &Features,
+    this: &Uring,
     shared: &Shared,
     inbox: &Inbox,
+    ready: mpsc::Sender<(usize, io::Result<OwnedFd>)>,
 ) -> io::Result<ThreadStats> {
+    let feat = &this.feat;
     let mut stats = ThreadStats::default();
-    let ring = Ring::new(&mut ring, feat, &mut stats);
+    let set_up = this.build_ring(SQ_ENTRIES, CQ_ENTRIES).and_then(|raw| {
+        // SAFETY: the ring's descriptor is open for as long as `raw` lives, which covers
+        // this call; the clone is a new descriptor of our own.
+        let target = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw.as_raw_fd()) }.try_clone_to_owned()?;
+        Ok((raw, target))
+    });
+    let (mut raw, target) = match set_up {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send((id, Err(io::Error::new(e.kind(), e.to_string()))));
+            return Err(e);
+        }
+    };
+    let ring = Ring::new(&mut raw, feat, &mut stats);
     let bufs = if feat.bufring {
         stats.syscalls.add(Sys::IoUringRegister);
-        Some(BufRing::new(&ring.sub, BUF_COUNT, BUF_SIZE_BYTES)?)
+        match BufRing::new(&ring.sub, BUF_COUNT, BUF_SIZE_BYTES) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                let _ = ready.send((id, Err(io::Error::new(e.kind(), format!("provided buffer ring: {e}")))));
+                return Err(e);
+            }
+        }
     } else {
         None
     };
+    let _ = ready.send((id, Ok(target)));
+    drop(ready);
     let mut w = UWorker {
         id,
         ring,
@@ -1108,7 +1123,7 @@ fn accept_loop(
 ) -> io::Result<ThreadStats> {
     let mut st = ThreadStats::default();
     let mut rows: Vec<ConnRecord> = Vec::new();
-    let mut raw_ring = this.build_ring(256)?;
+    let mut raw_ring = this.build_ring(256, 1024)?;
     let mut ring = Ring::new(&mut raw_ring, &this.feat, &mut st);
     st.syscalls.add(Sys::IoUringRegister);
     ring.sub.register_files(&[listener.as_raw_fd()])?;

@@ -8,8 +8,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ringbench::backends::{self, BackendKind, ConnRecord, ServerConfig, ServerHandle, ServerSummary, UringOptions};
+use ringbench::backends::{self, ConnRecord, ServerConfig, ServerHandle, ServerSummary};
 use ringbench::client::fill_payload;
+use ringbench::variant::Variant;
 
 /// Runs each test body once per backend, in a module named after the backend.
 /// Adding a backend is one more name in the list at the call site; no test changes.
@@ -26,44 +27,12 @@ macro_rules! backend_suite {
                 $(#[$meta])*
                 #[test]
                 fn $name() {
-                    let $b = $crate::common::Variant::named(stringify!($backend));
+                    let $b = ringbench::variant::Variant::parse(stringify!($backend)).expect("variant in the suite list");
                     $body
                 }
             )*
         }
     };
-}
-
-/// A backend as the suite runs it: the backend and, for io_uring, which optional features
-/// are switched off, so every fallback path passes the same tests.
-#[derive(Clone, Debug)]
-pub struct Variant {
-    pub kind: BackendKind,
-    pub uring: UringOptions,
-    /// The same switches as command-line flags, for tests that run the binary.
-    pub flags: Vec<&'static str>,
-}
-
-impl Variant {
-    pub fn named(name: &str) -> Variant {
-        let (kind, flags): (&str, &[&'static str]) = match name {
-            "uring_no_multishot" => ("uring", &["--uring-no-multishot"]),
-            "uring_no_bufring" => ("uring", &["--uring-no-bufring"]),
-            "uring_no_defer_taskrun" => ("uring", &["--uring-no-defer-taskrun"]),
-            other => (other, &[]),
-        };
-        let uring = UringOptions {
-            multishot: !flags.contains(&"--uring-no-multishot"),
-            bufring: !flags.contains(&"--uring-no-bufring"),
-            defer_taskrun: !flags.contains(&"--uring-no-defer-taskrun"),
-            sqpoll: false,
-        };
-        Variant { kind: kind.parse().expect("backend name in the suite list"), uring, flags: flags.to_vec() }
-    }
-
-    pub fn name(&self) -> &'static str {
-        self.kind.name()
-    }
 }
 
 /// A server under test with its log file.
@@ -86,6 +55,9 @@ impl TestServer {
         let log = dir.path().join("server.csv");
         let mut cfg = ServerConfig::new(backend.kind);
         cfg.uring = backend.uring;
+        if backend.no_coalesce {
+            cfg.coalesce_us = 0;
+        }
         cfg.bind = "127.0.0.1:0".parse().unwrap();
         cfg.workers = 2;
         cfg.log = Some(log.clone());

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job: build the release binary, sweep epoll and io_uring over the seed's
+# connection counts, and write CSV/JSON/Markdown and PNG charts.
+#
+#   ./run_matrix.sh                      # the full default sweep (results/<timestamp>/)
+#   ./run_matrix.sh --quick --out DIR    # a smoke sweep in under a minute
+#   ./run_matrix.sh --help               # every flag
+#
+# Arguments are passed to `ringbench matrix`.
+set -euo pipefail
+cd "$(dirname "$0")"
+cargo build --release --quiet --bin ringbench
+exec ./target/release/ringbench matrix "$@"
