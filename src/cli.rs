@@ -152,6 +152,27 @@ pub struct ServerArgs {
     /// io_uring: a kernel thread polls the submission queue (burns CPU while busy).
     #[arg(long)]
     pub sqpoll: bool,
+    /// io_uring: provided buffers per worker (a power of two, 1 to 32768).
+    #[arg(long, value_name = "N", default_value_t = ringbench_backends::uring::DEFAULT_BUFFERS, value_parser = parse_buffers)]
+    pub uring_buffers: u16,
+    /// io_uring: bytes per provided buffer (64 to 1048576).
+    #[arg(long, value_name = "BYTES", default_value_t = ringbench_backends::uring::DEFAULT_BUFFER_SIZE_BYTES,
+          value_parser = parse_buffer_size)]
+    pub uring_buffer_size: usize,
+}
+
+fn parse_buffer_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (64..=1_048_576).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' must be a number of bytes from 64 to 1048576")),
+    }
+}
+
+fn parse_buffers(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(n) if n.is_power_of_two() && n <= 32_768 => Ok(n),
+        _ => Err(format!("'{s}' must be a power of two from 1 to 32768")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -277,6 +298,8 @@ fn run_server(a: ServerArgs) -> anyhow::Result<ExitCode> {
             bufring: !a.uring_no_bufring,
             defer_taskrun: !a.uring_no_defer_taskrun,
             sqpoll: a.sqpoll,
+            buffers: a.uring_buffers,
+            buffer_size: a.uring_buffer_size,
         },
     };
     // Signals are routed to a thread before the server exists, so a SIGTERM that arrives

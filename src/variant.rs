@@ -51,6 +51,7 @@ impl Variant {
             bufring: switch != "no-bufring",
             defer_taskrun: switch != "no-defer-taskrun",
             sqpoll: switch == "sqpoll",
+            ..UringOptions::default()
         };
         let no_coalesce = switch == "no-coalesce";
         Ok(Variant { name: canon.clone(), kind, uring, no_coalesce, flags })

@@ -83,11 +83,22 @@ pub struct UringOptions {
     pub defer_taskrun: bool,
     /// A kernel thread polls the submission queue (opt-in: it burns a CPU while busy).
     pub sqpoll: bool,
+    /// Provided buffers per worker (a power of two, at most 32768).
+    pub buffers: u16,
+    /// Bytes per provided buffer (and per connection without a buffer ring).
+    pub buffer_size: usize,
 }
 
 impl Default for UringOptions {
     fn default() -> Self {
-        UringOptions { multishot: true, bufring: true, defer_taskrun: true, sqpoll: false }
+        UringOptions {
+            multishot: true,
+            bufring: true,
+            defer_taskrun: true,
+            sqpoll: false,
+            buffers: crate::uring::DEFAULT_BUFFERS,
+            buffer_size: crate::uring::DEFAULT_BUFFER_SIZE_BYTES,
+        }
     }
 }
 

@@ -69,10 +69,11 @@ use crate::handoff::{Inbox, NewConn};
 use crate::server::{Shared, UringOptions};
 use crate::{sys, Backend};
 
-/// Size of each provided buffer (and of a connection's own buffer without a buffer ring).
-pub const BUF_SIZE_BYTES: usize = 16 * 1024;
-/// Provided buffers per worker (a power of two, at most 32768).
-pub const BUF_COUNT: u16 = 4096;
+/// Default size of each provided buffer (and of a connection's own buffer without a
+/// buffer ring).
+pub const DEFAULT_BUFFER_SIZE_BYTES: usize = 4096;
+/// Default provided buffers per worker (a power of two, at most 32768).
+pub const DEFAULT_BUFFERS: u16 = 2048;
 /// Stop receiving from a client once this much of its echo is queued.
 pub const PENDING_HIGH_BYTES: usize = 256 * 1024;
 /// Receive again once its queue has drained below this.
@@ -141,6 +142,8 @@ enum Taskrun {
 /// What the kernel offers and what we use.
 #[derive(Clone, Debug)]
 pub struct Features {
+    buffers: u16,
+    buffer_size: usize,
     taskrun: Taskrun,
     submit_all: bool,
     multishot_accept: bool,
@@ -234,6 +237,8 @@ impl Uring {
         let bufring = opts.bufring && kernel >= (5, 19) && BufRing::new(&ring.submitter(), 8, 64).is_ok();
         Ok(Uring {
             feat: Features {
+                buffers: opts.buffers,
+                buffer_size: opts.buffer_size,
                 taskrun,
                 submit_all,
                 multishot_accept: opts.multishot && kernel >= (5, 19),
@@ -282,7 +287,7 @@ impl Backend for Uring {
             ("handoff".into(), "msg_ring".into()),
             ("multishot_accept".into(), on(f.multishot_accept)),
             ("multishot_recv".into(), on(f.multishot_recv)),
-            ("bufring".into(), if f.bufring { format!("{BUF_COUNT}x{BUF_SIZE_BYTES}B") } else { "off".into() }),
+            ("bufring".into(), if f.bufring { format!("{}x{}B", f.buffers, f.buffer_size) } else { "off".into() }),
             (
                 "taskrun".into(),
                 match f.taskrun {
@@ -614,7 +619,7 @@ fn run_worker(
     let ring = Ring::new(&mut raw, feat, &mut stats);
     let bufs = if feat.bufring {
         stats.syscalls.add(Sys::IoUringRegister);
-        match BufRing::new(&ring.sub, BUF_COUNT, BUF_SIZE_BYTES) {
+        match BufRing::new(&ring.sub, feat.buffers, feat.buffer_size) {
             Ok(b) => Some(b),
             Err(e) => {
                 let _ = ready.send((id, Err(io::Error::new(e.kind(), format!("provided buffer ring: {e}")))));
@@ -789,7 +794,7 @@ impl UWorker<'_, '_> {
             raw,
             gen: self.next_gen,
             meter: n.meter,
-            own: if self.bufs.is_none() { Some(vec![0u8; BUF_SIZE_BYTES].into_boxed_slice()) } else { None },
+            own: if self.bufs.is_none() { Some(vec![0u8; self.feat.buffer_size].into_boxed_slice()) } else { None },
             queue: VecDeque::new(),
             queued_bytes: 0,
             recv_armed: false,
@@ -813,7 +818,7 @@ impl UWorker<'_, '_> {
         let e = if multishot {
             opcode::RecvMulti::new(fd, BUF_GROUP).build()
         } else if bufring {
-            opcode::Recv::new(fd, std::ptr::null_mut(), BUF_SIZE_BYTES as u32)
+            opcode::Recv::new(fd, std::ptr::null_mut(), self.feat.buffer_size as u32)
                 .buf_group(BUF_GROUP)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)

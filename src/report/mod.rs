@@ -149,24 +149,22 @@ pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
     f.avg_total_duration_s = mean(&mut rows.iter().map(|r| r.total_duration_s));
     f.avg_response_time_s = mean(&mut rows.iter().map(|r| r.avg_response_s));
     f.throughput_rps = summaries.iter().map(|s| s.throughput_rps).sum();
-    let mut merged: Option<Histogram<u64>> = None;
+    // Auto-resizing, so histograms of any range merge into it.
+    let mut merged = Histogram::<u64>::new(3).ok();
     let mut all_decoded = !summaries.is_empty();
     for s in &summaries {
-        match client::decode_histogram(&s.latency_histogram) {
-            Some(h) => match &mut merged {
-                Some(m) => all_decoded &= m.add(&h).is_ok(),
-                None => merged = Some(h),
-            },
-            None => all_decoded = false,
+        match (client::decode_histogram(&s.latency_histogram), merged.as_mut()) {
+            (Some(h), Some(m)) => all_decoded &= m.add(&h).is_ok(),
+            _ => all_decoded = false,
         }
     }
-    match merged.filter(|_| all_decoded) {
-        Some(h) if !h.is_empty() => {
+    match merged.filter(|h| all_decoded && !h.is_empty()) {
+        Some(h) => {
             f.p50_response_us = h.value_at_quantile(0.50) as f64 / 1e3;
             f.p99_response_us = h.value_at_quantile(0.99) as f64 / 1e3;
         }
         // Without histograms, the worst host's figure is the honest bound.
-        _ => {
+        None => {
             f.p50_response_us = summaries.iter().map(|s| s.latency_p50_us).fold(0.0, f64::max);
             f.p99_response_us = summaries.iter().map(|s| s.latency_p99_us).fold(0.0, f64::max);
         }

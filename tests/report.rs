@@ -1,0 +1,267 @@
+//! The report: a small hand-made raw directory must give the expected overall.csv, a
+//! summary, and charts that decode as PNG of the right size; `ringbench report DIR` must
+//! redraw deleted charts; client files from two hosts merge into one point.
+
+use std::path::Path;
+use std::process::Command;
+
+use ringbench::client::{encode_histogram, ClientSummary, ThreadRow};
+use ringbench::report::{self, charts};
+
+fn row(thread: usize, label: &str, requests: u64, total_s: f64, avg_s: f64, errors: u64) -> ThreadRow {
+    ThreadRow {
+        thread,
+        label: label.into(),
+        requests,
+        bytes: requests * 64,
+        total_duration_s: total_s,
+        avg_response_s: avg_s,
+        p50_response_s: avg_s,
+        p99_response_s: avg_s * 2.0,
+        max_response_s: avg_s * 3.0,
+        errors,
+        error: if errors > 0 { "request 3: read: timed out after 10.0 s".into() } else { String::new() },
+    }
+}
+
+/// Writes one client host's files for a run; latencies are recorded into its histogram.
+fn write_client(raw: &Path, stem: &str, label: &str, rows: &[ThreadRow], throughput_rps: f64, latencies_ns: &[u64]) {
+    let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for &l in latencies_ns {
+        h.record(l).unwrap();
+    }
+    ringbench::client::write_rows_csv(&raw.join(format!("{stem}.client-{label}.csv")), rows).unwrap();
+    let requests: u64 = rows.iter().map(|r| r.requests).sum();
+    let s = ClientSummary {
+        label: label.into(),
+        server: "127.0.0.1:1".into(),
+        connections: rows.len(),
+        connections_ok: rows.len(),
+        connections_failed: 0,
+        requests_per_connection: 10,
+        size_bytes: 64,
+        requests,
+        bytes: requests * 64,
+        errors: rows.iter().map(|r| r.errors).sum(),
+        wall_s: 1.0,
+        throughput_rps,
+        latency_mean_us: 0.0,
+        latency_p50_us: 0.0,
+        latency_p90_us: 0.0,
+        latency_p99_us: 0.0,
+        latency_p999_us: 0.0,
+        latency_max_us: 0.0,
+        avg_total_duration_s: 0.0,
+        avg_response_time_s: 0.0,
+        connect_mean_s: 0.0,
+        connect_max_s: 0.0,
+        latency_model: "closed-loop".into(),
+        latency_histogram: encode_histogram(&h),
+    };
+    std::fs::write(raw.join(format!("{stem}.client-{label}.json")), serde_json::to_string(&s).unwrap()).unwrap();
+}
+
+fn write_server(raw: &Path, stem: &str, backend: &str, connections: u64, cpu_s: f64, syscalls: u64, log_rows: usize) {
+    let summary = serde_json::json!({
+        "backend": backend, "bind": "127.0.0.1:1", "workers": 1, "connections": connections, "rejected": 0,
+        "log_rows": log_rows, "bytes": 0, "reads": 0, "wall_s": 1.0, "cpu_user_s": 0.0, "cpu_sys_s": cpu_s,
+        "voluntary_ctx_switches": 0, "involuntary_ctx_switches": 0, "syscalls": {"read": syscalls},
+        "syscalls_total": syscalls, "accept_fd_exhausted": 0, "features": {}, "sqes_submitted": 0,
+        "cqes_reaped": 0, "bufring_empty": 0, "cq_overflow": 0, "nofile_soft": 1024, "nofile_hard": 1024
+    });
+    std::fs::write(raw.join(format!("{stem}.server.json")), summary.to_string()).unwrap();
+    let mut log = String::from("peer,fd,worker,bytes,reads,opened_unix_s,closed_unix_s,close_reason\n");
+    for i in 0..log_rows {
+        log += &format!("127.0.0.1:{},{},0,640,10,1.0,2.0,eof\n", 40000 + i, 10 + i);
+    }
+    std::fs::write(raw.join(format!("{stem}.server.csv")), log).unwrap();
+}
+
+/// Two backends at 2 connections × 10 requests, two repeats each; uring's second repeat
+/// lost a request (so the point fails), and the server log of epoll's repeat 2 is complete.
+fn hand_made_sweep(dir: &Path) {
+    let raw = dir.join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    // epoll r1: durations 1 and 3 s, responses 0.1 and 0.3 s; 20 requests; 1000 req/s.
+    write_client(
+        &raw,
+        "epoll_c2_s64_r1",
+        "a",
+        &[row(0, "a", 10, 1.0, 0.1, 0), row(1, "a", 10, 3.0, 0.3, 0)],
+        1000.0,
+        &[100_000; 20],
+    );
+    write_server(&raw, "epoll_c2_s64_r1", "epoll", 2, 0.002, 42, 2);
+    // epoll r2: durations 2 and 2 s, responses 0.2 s; 2000 req/s.
+    write_client(
+        &raw,
+        "epoll_c2_s64_r2",
+        "a",
+        &[row(0, "a", 10, 2.0, 0.2, 0), row(1, "a", 10, 2.0, 0.2, 0)],
+        2000.0,
+        &[300_000; 20],
+    );
+    write_server(&raw, "epoll_c2_s64_r2", "epoll", 2, 0.004, 40, 2);
+    write_client(
+        &raw,
+        "uring_c2_s64_r1",
+        "a",
+        &[row(0, "a", 10, 1.0, 0.1, 0), row(1, "a", 10, 1.0, 0.1, 0)],
+        4000.0,
+        &[50_000; 20],
+    );
+    write_server(&raw, "uring_c2_s64_r1", "uring", 2, 0.001, 2, 2);
+    write_client(
+        &raw,
+        "uring_c2_s64_r2",
+        "a",
+        &[row(0, "a", 10, 1.0, 0.1, 0), row(1, "a", 9, 1.0, 0.1, 1)],
+        3000.0,
+        &[50_000; 19],
+    );
+    write_server(&raw, "uring_c2_s64_r2", "uring", 2, 0.001, 2, 2);
+}
+
+fn num(s: &str) -> f64 {
+    s.parse().unwrap_or_else(|_| panic!("'{s}' is not a number"))
+}
+
+fn read_overall(dir: &Path) -> Vec<csv::StringRecord> {
+    let mut r = csv::Reader::from_path(dir.join("overall.csv")).unwrap();
+    let headers = r.headers().unwrap().clone();
+    assert_eq!(
+        headers.iter().take(16).collect::<Vec<_>>(),
+        [
+            "backend",
+            "connections",
+            "status",
+            "requests_per_connection",
+            "data_per_connection_bytes",
+            "total_requests",
+            "total_data_bytes",
+            "avg_total_duration_s",
+            "avg_response_time_s",
+            "throughput_rps",
+            "p50_response_us",
+            "p99_response_us",
+            "server_cpu_us_per_request",
+            "server_syscalls_per_request",
+            "errors",
+            "repeats"
+        ]
+    );
+    r.records().map(|x| x.unwrap()).collect()
+}
+
+/// Width and height from a PNG, after decoding every pixel.
+fn png_size(path: &Path) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    (info.width, info.height)
+}
+
+#[test]
+fn hand_made_raw_dir_gives_the_expected_overall_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    hand_made_sweep(dir.path());
+    let points = report::build(dir.path(), &[]).unwrap();
+    assert_eq!(points.len(), 2);
+    let rows = read_overall(dir.path());
+    assert_eq!(rows.len(), 2);
+    let epoll = &rows[0];
+    assert_eq!(&epoll[0], "epoll", "epoll is the baseline and comes first");
+    assert_eq!(&epoll[1], "2");
+    assert_eq!(&epoll[2], "Success");
+    assert_eq!((&epoll[3], &epoll[4], &epoll[5], &epoll[6]), ("10", "640", "20", "1280"));
+    assert_eq!(num(&epoll[7]), 2.0, "AvgTotalDuration: mean of 2 s and 2 s");
+    assert_eq!(num(&epoll[8]), 0.2, "AvgResponseTime: mean of 0.2 and 0.2");
+    assert_eq!(num(&epoll[9]), 1500.0, "throughput: mean of 1000 and 2000");
+    assert!((num(&epoll[10]) - 200.0).abs() < 0.5, "p50: mean of 100 us and 300 us: {}", &epoll[10]);
+    // CPU: (2 ms and 4 ms) / 20 requests = 100 and 200 us -> 150; syscalls 42/20, 40/20.
+    assert_eq!(num(&epoll[12]), 150.0);
+    assert_eq!(num(&epoll[13]), 2.05);
+    assert_eq!((&epoll[14], &epoll[15]), ("0", "2"));
+    let uring = &rows[1];
+    assert_eq!(&uring[0], "uring");
+    assert_eq!(&uring[2], "Fail", "a lost request fails the point");
+    assert_eq!(&uring[14], "1");
+    let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+    assert!(md.contains("| epoll | 2 | 64 | Success |"), "{md}");
+    assert!(md.contains("uring at 2 connections: 1 client errors; 19 of 20 requests verified"), "{md}");
+    assert!(md.contains("![Server CPU per request](plots/cpu_per_request.png)"), "{md}");
+}
+
+#[test]
+fn charts_decode_as_png_of_the_right_size_and_come_back_after_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    hand_made_sweep(dir.path());
+    report::build(dir.path(), &[]).unwrap();
+    let plots = dir.path().join("plots");
+    for m in charts::METRICS {
+        assert_eq!(png_size(&plots.join(format!("{}.png", m.file))), (charts::WIDTH_PX, charts::HEIGHT_PX));
+    }
+    for name in ["avg_total_duration.png", "avg_response_time.png"] {
+        assert!(plots.join(name).exists(), "the seed's two charts: {name}");
+    }
+    std::fs::remove_dir_all(&plots).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbench")).arg("report").arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_dir(&plots).unwrap().count(), charts::METRICS.len());
+    assert_eq!(png_size(&plots.join("throughput.png")), (charts::WIDTH_PX, charts::HEIGHT_PX));
+}
+
+#[test]
+fn client_files_from_two_hosts_merge_into_one_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    // Host a: 1 connection, 1 s, 100 us round trips; host b: 1 connection, 3 s, 300 us.
+    write_client(&raw, "epoll_c2_s64_r1", "a", &[row(0, "a", 10, 1.0, 0.0001, 0)], 10.0, &[100_000; 10]);
+    write_client(&raw, "epoll_c2_s64_r1", "b", &[row(1, "b", 10, 3.0, 0.0003, 0)], 30.0, &[300_000; 10]);
+    write_server(&raw, "epoll_c2_s64_r1", "epoll", 2, 0.002, 40, 2);
+    let points = report::build(dir.path(), &[]).unwrap();
+    assert_eq!(points.len(), 1);
+    let p = &points[0];
+    assert!(p.ok, "{:?}", p.problems);
+    assert_eq!(p.avg_total_duration_s.mean, 2.0, "mean over both hosts' threads");
+    assert_eq!(p.throughput_rps.mean, 40.0, "hosts' throughputs add");
+    assert!((p.p99_response_us.mean - 300.0).abs() < 1.0, "merged histogram p99: {}", p.p99_response_us.mean);
+    assert!((p.p50_response_us.mean - 100.0).abs() < 1.0, "merged histogram p50: {}", p.p50_response_us.mean);
+}
+
+#[test]
+fn report_of_an_empty_directory_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("raw")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbench")).arg("report").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no runs"), "{err}");
+}
+
+/// The whole pipeline at toy size: both backends, fresh servers, raw files, report.
+#[test]
+fn matrix_runs_both_backends_and_writes_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(["matrix", "--connections", "3,8", "--requests", "5", "--repeats", "1", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = read_overall(dir.path());
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| &r[2] == "Success"), "{rows:?}");
+    let backends: Vec<&str> = rows.iter().map(|r| &r[0]).collect();
+    assert_eq!(backends, ["epoll", "uring", "epoll", "uring"]);
+    for f in ["env.json", "summary.md", "overall.json", "raw/uring_c8_s64_r1.server.json", "plots/throughput.png"] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    let env: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("env.json")).unwrap()).unwrap();
+    assert!(env["kernel"].as_str().is_some_and(|k| !k.is_empty()));
+    assert!(env["settings"]["connections"].as_array().is_some_and(|c| c.len() == 2));
+}
