@@ -19,6 +19,8 @@ pub mod sys;
 pub mod uring;
 
 pub use book::{read_log, CloseReason, Coalesce, ConnLog, ConnMeter, ConnRecord, Sys, SyscallCounts, ThreadStats};
+/// The io_uring crate, for callers of [`uring::BufRing`].
+pub use io_uring;
 pub use server::{
     start, BackendKind, ServerConfig, ServerHandle, ServerSummary, Shared, StopSignal, UringOptions,
     DEFAULT_COALESCE_US,

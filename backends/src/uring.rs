@@ -465,7 +465,8 @@ impl<'r> Ring<'r> {
 
 /// A provided-buffer ring: `count` buffers of `size` bytes that the kernel picks from when
 /// data arrives. The entry array is page-aligned memory shared with the kernel.
-struct BufRing {
+/// Public so its recycle path can be benchmarked on its own.
+pub struct BufRing {
     entries: NonNull<BufRingEntry>,
     layout: Layout,
     pool: Box<[u8]>,
@@ -475,8 +476,14 @@ struct BufRing {
 }
 
 impl BufRing {
-    fn new(sub: &Submitter<'_>, count: u16, size: usize) -> io::Result<BufRing> {
-        assert!(count.is_power_of_two());
+    /// Allocates the buffers and registers them with the ring as group 0.
+    pub fn new(sub: &Submitter<'_>, count: u16, size: usize) -> io::Result<BufRing> {
+        if !count.is_power_of_two() || size == 0 || size > u32::MAX as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a buffer ring needs a power-of-two count and a size that fits u32 (got {count} x {size})"),
+            ));
+        }
         let layout = Layout::from_size_align(usize::from(count) * std::mem::size_of::<BufRingEntry>(), 4096)
             .map_err(io::Error::other)?;
         // SAFETY: the layout has a non-zero size.
@@ -500,12 +507,13 @@ impl BufRing {
         Ok(ring)
     }
 
-    fn ptr(&self, bid: u16) -> *const u8 {
+    /// The start of buffer `bid`.
+    pub fn ptr(&self, bid: u16) -> *const u8 {
         self.pool[usize::from(bid) * self.size..].as_ptr()
     }
 
     /// Puts buffer `bid` back in the ring (visible to the kernel after [`publish`]).
-    fn recycle(&mut self, bid: u16) {
+    pub fn recycle(&mut self, bid: u16) {
         let addr = self.ptr(bid) as u64;
         // SAFETY: `tail & mask` indexes inside the `mask + 1` entries we allocated, and the
         // kernel only reads entries between its head and the published tail, never this one.
@@ -517,7 +525,7 @@ impl BufRing {
     }
 
     /// Makes recycled buffers visible to the kernel.
-    fn publish(&self) {
+    pub fn publish(&self) {
         // SAFETY: the tail field is the `resv` of the first entry, a u16 inside our
         // allocation; the kernel reads it with acquire semantics, so a release store makes
         // the entries written before it visible.
