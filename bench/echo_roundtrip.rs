@@ -2,7 +2,10 @@
 //! that slows a backend down shows up as a regression against a saved baseline.
 //!
 //! Each backend (and each io_uring feature switched off) gets one in-process server on
-//! port 0 with one worker and the matrix's defaults. Blocking client threads, connected
+//! port 0 with one worker and the matrix's defaults. As in the matrix, the server's threads
+//! run on the first CPU and the client threads on the last (with 2+ CPUs): left to the
+//! scheduler, a single connection's round trip swings tenfold between runs depending on
+//! whether both ends happen to share a CPU. Blocking client threads, connected
 //! once per parameter set, each do a fixed batch of round trips per iteration; only the
 //! batch is timed (`iter_custom`). Every echo is compared with what was sent, so a broken
 //! backend fails the bench instead of looking fast.
@@ -18,7 +21,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ringbench::backends::{self, ServerConfig, ServerHandle};
 use ringbench::client::fill_payload;
 use ringbench::variant::Variant;
@@ -29,7 +32,19 @@ const CONNECTIONS: [usize; 3] = [1, 64, 512];
 const SIZES_BYTES: [usize; 2] = [64, 4096];
 const VARIANTS: [&str; 5] = ["epoll", "uring", "uring-no-multishot", "uring-no-bufring", "uring-no-defer-taskrun"];
 
+/// (server CPUs, client CPUs); empty when there is only one CPU.
+fn pinning() -> (Vec<usize>, Vec<usize>) {
+    ringbench::matrix::default_pinning()
+}
+
 fn start(v: &Variant) -> ServerHandle {
+    // Threads inherit the affinity of the thread that creates them: the server's are
+    // created while this thread is on the server CPUs.
+    let (server_cpus, _) = pinning();
+    let all = backends::sys::affinity().unwrap_or_default();
+    if !server_cpus.is_empty() {
+        backends::sys::set_affinity(&server_cpus).expect("pin to the server CPUs");
+    }
     let mut cfg = ServerConfig::new(v.kind);
     cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.workers = 1;
@@ -37,7 +52,11 @@ fn start(v: &Variant) -> ServerHandle {
     if v.no_coalesce {
         cfg.coalesce_us = 0;
     }
-    backends::start(cfg).unwrap_or_else(|e| panic!("{} server: {e}", v.name))
+    let server = backends::start(cfg).unwrap_or_else(|e| panic!("{} server: {e}", v.name));
+    if !all.is_empty() {
+        backends::sys::set_affinity(&all).expect("unpin");
+    }
+    server
 }
 
 /// Client threads holding one connection each, driven batch by batch.
@@ -52,15 +71,20 @@ impl Pool {
         let (done_tx, done) = mpsc::channel();
         let mut orders = Vec::new();
         let mut threads = Vec::new();
+        let (_, client_cpus) = pinning();
         for t in 0..conns {
             let (tx, rx) = mpsc::channel::<u64>();
             let done_tx = done_tx.clone();
             let mut s = TcpStream::connect(addr).expect("connect");
             s.set_nodelay(true).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let cpus = client_cpus.clone();
             let h = std::thread::Builder::new()
                 .stack_size(128 * 1024)
                 .spawn(move || {
+                    if !cpus.is_empty() {
+                        backends::sys::set_affinity(&cpus).expect("pin to the client CPUs");
+                    }
                     let mut sent = vec![0u8; size];
                     let mut got = vec![0u8; size];
                     let mut r = 0u64;
@@ -126,4 +150,12 @@ fn echo_roundtrip(c: &mut Criterion) {
 }
 
 criterion_group!(benches, echo_roundtrip);
-criterion_main!(benches);
+/// criterion_main!, plus the bundled font: criterion draws its HTML report charts with
+/// plotters, which in this build (ab_glyph) has only the fonts we register.
+fn main() {
+    if let Err(e) = ringbench::report::charts::register_bundled_font() {
+        eprintln!("criterion charts will fail: {e:#}");
+    }
+    benches();
+    criterion::Criterion::default().configure_from_args().final_summary();
+}

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ringbench::backends::io_uring::IoUring;
 use ringbench::backends::uring::BufRing;
 use ringbench::backends::{CloseReason, ConnMeter, ConnRecord};
@@ -96,4 +96,12 @@ fn bufring(c: &mut Criterion) {
 }
 
 criterion_group!(benches, log_row, payload, latency, bufring);
-criterion_main!(benches);
+/// criterion_main!, plus the bundled font: criterion draws its HTML report charts with
+/// plotters, which in this build (ab_glyph) has only the fonts we register.
+fn main() {
+    if let Err(e) = ringbench::report::charts::register_bundled_font() {
+        eprintln!("criterion charts will fail: {e:#}");
+    }
+    benches();
+    criterion::Criterion::default().configure_from_args().final_summary();
+}

@@ -204,6 +204,16 @@ pub struct ClientArgs {
     /// Local source addresses to spread connections over (each has its own ephemeral ports).
     #[arg(long, value_delimiter = ',', value_name = "IP,IP,...")]
     pub source_ips: Vec<IpAddr>,
+    /// Spread the connections over this many client processes (each has its own
+    /// open-file limit); they start together and report as one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub processes: u32,
+    /// The first thread number (set by a sharded parent).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub first_thread: usize,
+    /// Run as one shard of a parent: print "ready" once connected, start on "go".
+    #[arg(long, hide = true)]
+    pub shard_child: bool,
 }
 
 fn parse_positive_secs(s: &str) -> Result<Duration, String> {
@@ -338,6 +348,8 @@ fn run_client(a: ClientArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = ClientConfig::new(a.server, a.connections as usize, a.requests, a.size);
     cfg.timeout = a.timeout;
     cfg.source_ips = a.source_ips;
+    cfg.processes = a.processes as usize;
+    cfg.first_thread = a.first_thread;
     if let Some(l) = a.label {
         cfg.label = l;
     }
@@ -345,7 +357,18 @@ fn run_client(a: ClientArgs) -> anyhow::Result<ExitCode> {
     for p in [&a.out, &a.json].into_iter().flatten() {
         std::fs::File::create(p).with_context(|| format!("cannot create '{}'", p.display()))?;
     }
-    let report = match client::run(&cfg) {
+    let result = if a.shard_child {
+        client::run_with_start_hook(&cfg, || {
+            use std::io::{BufRead, Write};
+            println!("ready");
+            let _ = std::io::stdout().flush();
+            let mut go = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut go);
+        })
+    } else {
+        client::run(&cfg)
+    };
+    let report = match result {
         Ok(r) => r,
         Err(e @ (ClientError::TooManyFiles { .. } | ClientError::TooFewPorts { .. })) => {
             return Err(UsageError(e.to_string()).into())
@@ -357,6 +380,10 @@ fn run_client(a: ClientArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(p) = &a.json {
         write_json(p, &report.summary)?;
+    }
+    if a.shard_child {
+        // The parent merges and prints; a child's stdout is only its "ready" line.
+        return Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
     println!("{}", report.summary);
     if let Some(first) = report.rows.iter().find(|r| r.errors > 0) {

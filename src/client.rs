@@ -51,6 +51,8 @@ pub struct ClientConfig {
     pub source_ips: Vec<IpAddr>,
     /// The first thread number (when several processes share one run).
     pub first_thread: usize,
+    /// Child processes to spread the connections over (each has its own fd limit).
+    pub processes: usize,
 }
 
 impl ClientConfig {
@@ -64,6 +66,7 @@ impl ClientConfig {
             label: default_label(),
             source_ips: Vec::new(),
             first_thread: 0,
+            processes: 1,
         }
     }
 }
@@ -157,7 +160,7 @@ impl ClientReport {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "--connections {connections} needs about {needed} open files but the limit is {hard}; \
+        "--connections {connections} needs about {needed} open files per process but the limit is {hard}; \
          raise the hard limit (ulimit -Hn, LimitNOFILE=) or split the load with --processes"
     )]
     TooManyFiles { connections: usize, needed: u64, hard: u64 },
@@ -174,7 +177,8 @@ pub enum ClientError {
 /// Checks the run fits this process's limits, raising the open-file soft limit first.
 pub fn check_limits(cfg: &ClientConfig) -> Result<(), ClientError> {
     let (soft, hard) = sys::raise_nofile_limit()?;
-    let needed = cfg.connections as u64 + SPARE_FDS;
+    let per_process = cfg.connections.div_ceil(cfg.processes.max(1));
+    let needed = per_process as u64 + SPARE_FDS;
     if needed > soft {
         return Err(ClientError::TooManyFiles { connections: cfg.connections, needed, hard: hard.max(soft) });
     }
@@ -254,6 +258,15 @@ struct ThreadOutcome {
 /// Runs the load: connects every thread, opens the gate, verifies every echo.
 /// `Err` only when the run cannot start; failed connections are reported in the rows.
 pub fn run(cfg: &ClientConfig) -> Result<ClientReport, ClientError> {
+    if cfg.processes > 1 {
+        return run_sharded(cfg);
+    }
+    run_with_start_hook(cfg, || {})
+}
+
+/// Like [`run`] in this process, calling `before_start` once every connection is made and
+/// before the start gate opens (a child of a sharded run reports ready there and waits).
+pub fn run_with_start_hook(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<ClientReport, ClientError> {
     check_limits(cfg)?;
     let gate = Arc::new(Gate { state: Mutex::new((0, false)), cv: Condvar::new() });
     let start_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
@@ -262,29 +275,160 @@ pub fn run(cfg: &ClientConfig) -> Result<ClientReport, ClientError> {
     for i in 0..cfg.connections {
         let thread = cfg.first_thread + i;
         let (gate, start_at, c) = (Arc::clone(&gate), Arc::clone(&start_at), cfg.clone());
-        let source = (!c.source_ips.is_empty()).then(|| c.source_ips[i % c.source_ips.len()]);
+        // Spread by the run-wide thread number, so shards in several processes together
+        // use every source address evenly.
+        let source = (!c.source_ips.is_empty()).then(|| c.source_ips[thread % c.source_ips.len()]);
         let spawned = std::thread::Builder::new()
             .name(format!("client-{thread}"))
             .stack_size(THREAD_STACK_BYTES)
             .spawn(move || connection_thread(&c, thread, source, &gate, &start_at));
         match spawned {
-            Ok(h) => handles.push(h),
-            Err(e) => outcomes.push(failed_outcome(cfg, thread, format!("could not start thread: {e}"))),
+            Ok(h) => handles.push((thread, h)),
+            Err(e) => outcomes.push(failed_outcome(
+                cfg,
+                thread,
+                format!("could not start thread: {e} (raise ulimit -u / vm.max_map_count, or use --processes)"),
+            )),
         }
     }
     gate.wait_for(handles.len());
+    before_start();
     let t0 = Instant::now();
     *start_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(t0);
     gate.open();
-    for (i, h) in handles.into_iter().enumerate() {
+    for (thread, h) in handles {
         match h.join() {
             Ok(o) => outcomes.push(o),
-            Err(_) => outcomes.push(failed_outcome(cfg, cfg.first_thread + i, "client thread panicked".into())),
+            Err(_) => outcomes.push(failed_outcome(cfg, thread, "client thread panicked".into())),
         }
     }
     let wall_s = t0.elapsed().as_secs_f64();
     outcomes.sort_by_key(|o| o.row.thread);
     Ok(summarise(cfg, outcomes, wall_s))
+}
+
+/// Splits the connections over `cfg.processes` child processes of this binary, each with
+/// its own descriptor limit, starts them all at once, and merges what they report.
+fn run_sharded(cfg: &ClientConfig) -> Result<ClientReport, ClientError> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    check_limits(cfg)?;
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("ringbench-client-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let n = cfg.processes.min(cfg.connections).max(1);
+    let mut children = Vec::with_capacity(n);
+    let mut first = cfg.first_thread;
+    for i in 0..n {
+        let share = cfg.connections / n + usize::from(i < cfg.connections % n);
+        let mut cmd = Command::new(&exe);
+        cmd.args(["client", "--server", &cfg.server.to_string()])
+            .args(["--connections", &share.to_string(), "--requests", &cfg.requests.to_string()])
+            .args(["--size", &cfg.size.to_string(), "--timeout", &cfg.timeout.as_secs_f64().to_string()])
+            .args(["--label", &cfg.label, "--first-thread", &first.to_string(), "--shard-child"])
+            .arg("--out")
+            .arg(dir.join(format!("{i}.csv")))
+            .arg("--json")
+            .arg(dir.join(format!("{i}.json")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if !cfg.source_ips.is_empty() {
+            let ips: Vec<String> = cfg.source_ips.iter().map(|ip| ip.to_string()).collect();
+            cmd.args(["--source-ips", &ips.join(",")]);
+        }
+        children.push(cmd.spawn()?);
+        first += share;
+    }
+    // Every child connects, says "ready", and waits for "go": the measured phase starts
+    // together across processes, as it does across threads.
+    for c in &mut children {
+        if let Some(out) = c.stdout.take() {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+    }
+    for c in &mut children {
+        if let Some(mut stdin) = c.stdin.take() {
+            let _ = stdin.write_all(b"go\n");
+        }
+    }
+    let mut parts = Vec::with_capacity(n);
+    for (i, mut c) in children.into_iter().enumerate() {
+        let status = c.wait()?;
+        let rows = read_rows_csv(&dir.join(format!("{i}.csv")));
+        let summary: Option<ClientSummary> =
+            std::fs::read_to_string(dir.join(format!("{i}.json"))).ok().and_then(|s| serde_json::from_str(&s).ok());
+        match (rows, summary) {
+            (Ok(rows), Some(summary)) => parts.push((summary, rows)),
+            _ => {
+                // The whole shard is lost: count each of its connections as failed.
+                let share = cfg.connections / n + usize::from(i < cfg.connections % n);
+                let start = cfg.first_thread
+                    + (0..i).map(|j| cfg.connections / n + usize::from(j < cfg.connections % n)).sum::<usize>();
+                let rows = (start..start + share)
+                    .map(|t| failed_outcome(cfg, t, format!("client process {i} failed ({status})")).row)
+                    .collect();
+                parts.push((empty_summary(cfg, share), rows));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(merge(cfg, parts))
+}
+
+fn empty_summary(cfg: &ClientConfig, connections: usize) -> ClientSummary {
+    let mut r = summarise(&ClientConfig { connections, ..cfg.clone() }, Vec::new(), 0.0);
+    r.summary.connections_failed = connections;
+    r.summary
+}
+
+/// Merges shard reports (same run, simultaneous start) into one.
+fn merge(cfg: &ClientConfig, parts: Vec<(ClientSummary, Vec<ThreadRow>)>) -> ClientReport {
+    let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is a valid histogram precision");
+    let mut rows = Vec::new();
+    let (mut wall_s, mut ok, mut connect_sum, mut connect_max) = (0.0f64, 0usize, 0.0f64, 0.0f64);
+    for (s, r) in parts {
+        if let Some(h) = decode_histogram(&s.latency_histogram) {
+            let _ = hist.add(&h);
+        }
+        wall_s = wall_s.max(s.wall_s);
+        ok += s.connections_ok;
+        connect_sum += s.connect_mean_s * s.connections_ok as f64;
+        connect_max = connect_max.max(s.connect_max_s);
+        rows.extend(r);
+    }
+    rows.sort_by_key(|r| r.thread);
+    let n = rows.len().max(1) as f64;
+    let requests: u64 = rows.iter().map(|r| r.requests).sum();
+    let us = |ns: u64| ns as f64 / 1e3;
+    let summary = ClientSummary {
+        label: cfg.label.clone(),
+        server: cfg.server.to_string(),
+        connections: cfg.connections,
+        connections_ok: ok,
+        connections_failed: cfg.connections.saturating_sub(ok),
+        requests_per_connection: cfg.requests,
+        size_bytes: cfg.size,
+        requests,
+        bytes: rows.iter().map(|r| r.bytes).sum(),
+        errors: rows.iter().map(|r| r.errors).sum(),
+        wall_s,
+        throughput_rps: if wall_s > 0.0 { requests as f64 / wall_s } else { 0.0 },
+        latency_mean_us: hist.mean() / 1e3,
+        latency_p50_us: us(hist.value_at_quantile(0.50)),
+        latency_p90_us: us(hist.value_at_quantile(0.90)),
+        latency_p99_us: us(hist.value_at_quantile(0.99)),
+        latency_p999_us: us(hist.value_at_quantile(0.999)),
+        latency_max_us: us(hist.max()),
+        avg_total_duration_s: rows.iter().map(|r| r.total_duration_s).sum::<f64>() / n,
+        avg_response_time_s: rows.iter().map(|r| r.avg_response_s).sum::<f64>() / n,
+        connect_mean_s: if ok > 0 { connect_sum / ok as f64 } else { 0.0 },
+        connect_max_s: connect_max,
+        latency_model: LATENCY_MODEL.into(),
+        latency_histogram: encode_histogram(&hist),
+    };
+    ClientReport { summary, rows, histogram: hist }
 }
 
 fn failed_outcome(cfg: &ClientConfig, thread: usize, error: String) -> ThreadOutcome {

@@ -187,6 +187,68 @@ backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_def
         assert_eq!(rows.iter().filter(|r| r.close_reason == CloseReason::Rejected).count(), 1);
     }
 
+    fn random_sizes_and_chunking_echo_exactly(backend) {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let srv = TestServer::start(backend);
+        let addr = srv.addr;
+        let mut runner = TestRunner::new(Config { cases: 16, failure_persistence: None, ..Config::default() });
+        let strategy = (
+            proptest::collection::vec(1usize..70_000, 1..6),
+            1usize..5,
+            proptest::collection::vec(1usize..20_000, 1..8),
+            proptest::collection::vec(1usize..20_000, 1..8),
+        );
+        let conns_total = std::cell::Cell::new(0usize);
+        runner
+            .run(&strategy, |(sizes, conns, writes, reads)| {
+                conns_total.set(conns_total.get() + conns);
+                let mut handles = Vec::new();
+                for c in 0..conns {
+                    let (sizes, writes, reads) = (sizes.clone(), writes.clone(), reads.clone());
+                    handles.push(std::thread::spawn(move || {
+                        let data: Vec<u8> = sizes.iter().enumerate().flat_map(|(i, &n)| pattern(c * 100 + i, n)).collect();
+                        let mut s = connect(addr);
+                        let mut w = s.try_clone().unwrap();
+                        let sent = data.clone();
+                        // Write in the drawn chunk sizes while reading in others.
+                        let writer = std::thread::spawn(move || {
+                            let mut off = 0;
+                            for n in writes.iter().cycle() {
+                                if off == sent.len() {
+                                    break;
+                                }
+                                let end = (off + n).min(sent.len());
+                                w.write_all(&sent[off..end]).unwrap();
+                                off = end;
+                            }
+                        });
+                        let mut got = Vec::with_capacity(data.len());
+                        let mut buf = vec![0u8; 20_000];
+                        for n in reads.iter().cycle() {
+                            if got.len() == data.len() {
+                                break;
+                            }
+                            let want = (*n).min(data.len() - got.len());
+                            let k = std::io::Read::read(&mut s, &mut buf[..want]).unwrap();
+                            assert!(k > 0, "EOF after {} of {} bytes", got.len(), data.len());
+                            got.extend_from_slice(&buf[..k]);
+                        }
+                        writer.join().unwrap();
+                        got == data
+                    }));
+                }
+                for h in handles {
+                    prop_assert!(h.join().map_err(|_| TestCaseError::fail("connection thread panicked"))?, "echo differs");
+                }
+                Ok(())
+            })
+            .unwrap();
+        srv.wait_settled(conns_total.get(), 0);
+        let (_, rows) = srv.stop();
+        assert_eq!(rows.len(), conns_total.get());
+    }
+
     fn binary_serves_then_exits_0_on_sigterm_with_every_row(backend) {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log.csv");

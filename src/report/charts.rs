@@ -93,11 +93,17 @@ pub struct Chart {
     pub size_bytes: usize,
 }
 
-fn register_font() -> anyhow::Result<()> {
+/// Registers the bundled font as plotters' sans-serif (every style), once. plotters is
+/// built with `ab_glyph`, which knows only registered fonts, so anything drawing text
+/// through plotters in this build must call this first; criterion's own charts included
+/// (see `bench/`).
+pub fn register_bundled_font() -> anyhow::Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
-        plotters::style::register_font(FAMILY, FontStyle::Normal, FONT)
-            .map_err(|_| "bundled font is invalid".to_string())
+        for style in [FontStyle::Normal, FontStyle::Bold, FontStyle::Italic, FontStyle::Oblique] {
+            plotters::style::register_font(FAMILY, style, FONT).map_err(|_| "bundled font is invalid".to_string())?;
+        }
+        Ok(())
     })
     .clone()
     .map_err(|e| anyhow!(e))
@@ -105,7 +111,7 @@ fn register_font() -> anyhow::Result<()> {
 
 /// Draws every metric (per message size when several were swept) into `dir`.
 pub fn draw_all(dir: &Path, points: &[Point], order: &[String], caption: &str) -> anyhow::Result<Vec<Chart>> {
-    register_font()?;
+    register_bundled_font()?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
     let sizes = sizes(points);
     let mut out = Vec::new();

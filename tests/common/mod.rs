@@ -171,3 +171,132 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A server run as the `ringbench` binary, for tests that need its own process: its own
+/// descriptor limit, its memory and CPU, signals.
+pub struct ServerProc {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    pub summary: PathBuf,
+    /// Every stderr line so far.
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProc {
+    /// Starts `ringbench server` for `backend` on port 0 with `args`, optionally under an
+    /// open-file limit (soft and hard) set before exec.
+    pub fn spawn(backend: &Variant, args: &[&str], nofile: Option<u64>) -> ServerProc {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.csv");
+        let summary = dir.path().join("summary.json");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringbench"));
+        cmd.args(["server", "--backend", backend.kind.name(), "--bind", "127.0.0.1:0"])
+            .args(&backend.flags)
+            .args(args)
+            .arg("--log")
+            .arg(&log)
+            .arg("--summary-json")
+            .arg(&summary)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(n) = nofile {
+            // SAFETY: one setrlimit syscall between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut addr = None;
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            stderr.lock().unwrap().push(line.clone());
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+                break;
+            }
+        }
+        let addr = addr.unwrap_or_else(|| panic!("server exited before listening: {:?}", stderr.lock().unwrap()));
+        let sink = std::sync::Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        ServerProc { child, addr, log, summary, stderr, _dir: dir }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// CPU time used so far (user + system), in seconds.
+    pub fn cpu_s(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / hz
+    }
+
+    /// Server-side established connections on its port (from /proc/net/tcp).
+    pub fn established(&self) -> usize {
+        let port = format!("{:04X}", self.addr.port());
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[1].ends_with(&format!(":{port}")) && f[3] == "01"
+            })
+            .count()
+    }
+
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM; returns the exit status, how long the exit took, the log rows and
+    /// the summary.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Duration, Vec<ConnRecord>, serde_json::Value) {
+        let t = Instant::now();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        let took = t.elapsed();
+        let rows = backends::read_log(&self.log).unwrap_or_default();
+        let summary = std::fs::read_to_string(&self.summary)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (status, took, rows, summary)
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,282 @@
+//! Reliability at the limits, for every backend: running out of descriptors, slow and
+//! vanished clients, resets, SIGTERM under load, a server that dies under its clients, and
+//! scale. Each body runs in a short form in CI; the heavy forms (19,000 connections, 200
+//! slow readers, SIGTERM under 4000 clients, 500 resets) are `#[ignore]`d:
+//!
+//! ```text
+//! cargo test --release --test limits -- --ignored --test-threads 1
+//! ```
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringbench::backends::CloseReason;
+use ringbench::client::{self, ClientConfig};
+use ringbench::variant::Variant;
+
+/// The server runs out of descriptors with connections waiting: it keeps serving those it
+/// has, reports once, does not spin, and accepts the rest as soon as descriptors free up.
+fn fd_exhaustion(backend: &Variant) {
+    let srv = ServerProc::spawn(backend, &["--workers", "1"], Some(64));
+    let mut socks: Vec<_> = (0..90).map(|_| connect(srv.addr)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Ask every connection for an echo; only the accepted ones can answer.
+    let probe = |s: &mut std::net::TcpStream, wait: Duration| -> bool {
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut b = [0u8; 1];
+        matches!(s.read(&mut b), Ok(1))
+    };
+    for s in &mut socks {
+        checked_write(s, b"x");
+    }
+    let served: Vec<bool> = socks.iter_mut().map(|s| probe(s, Duration::from_millis(200))).collect();
+    let n_served = served.iter().filter(|&&x| x).count();
+    assert!(n_served > 10 && n_served < 90, "{n_served} of 90 served under a 64-descriptor limit");
+    // While the rest wait in the listen queue the server must be idle, not spinning.
+    let cpu0 = srv.cpu_s();
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = srv.cpu_s() - cpu0;
+    assert!(spent < 0.2, "server used {spent:.2} s of CPU in 1 s while out of descriptors");
+    // Free the served connections: the waiting ones must now be accepted and echoed.
+    let mut waiting = Vec::new();
+    for (s, was_served) in socks.into_iter().zip(served) {
+        if was_served {
+            drop(s);
+        } else {
+            waiting.push(s);
+        }
+    }
+    for s in &mut waiting {
+        assert!(probe(s, Duration::from_secs(10)), "a waiting connection was never served");
+    }
+    drop(waiting);
+    let lines = srv.stderr_lines();
+    let reports = lines.iter().filter(|l| l.contains("accept failed")).count();
+    assert_eq!(reports, 1, "reported once, not per attempt: {lines:?}");
+    eventually("all connections closed", || srv.established() == 0);
+    let (status, _, rows, summary) = srv.terminate();
+    assert!(status.success());
+    assert_eq!(rows.len(), 90, "one row per connection");
+    assert!(summary["accept_fd_exhausted"].as_u64().unwrap() >= 1);
+}
+
+/// Clients that send `mib` MiB each without reading: the server stops reading from them,
+/// its memory stays within about 1 MiB per connection, and every byte comes back in order
+/// once they read.
+fn slow_readers(backend: &Variant, clients: usize, mib: usize) {
+    let srv = ServerProc::spawn(backend, &["--workers", "1"], None);
+    std::thread::sleep(Duration::from_millis(100));
+    let rss0 = srv.rss_kib();
+    let written = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for i in 0..clients {
+        let s = connect_small_buffers(srv.addr);
+        s.set_write_timeout(Some(Duration::from_secs(120))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let data = pattern(i, mib << 20);
+        let counter = Arc::clone(&written);
+        writers.push(std::thread::spawn(move || {
+            for chunk in data.chunks(64 * 1024) {
+                w.write_all(chunk).unwrap();
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+        }));
+        readers.push(s);
+    }
+    // Wait until the writers are stuck: TCP flow control is holding them back.
+    let mut last = 0;
+    let mut stable_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stable_since.elapsed() < Duration::from_millis(500) {
+        assert!(Instant::now() < deadline, "writers never stalled");
+        std::thread::sleep(Duration::from_millis(50));
+        let now = written.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+    }
+    let total = (clients * (mib << 20)) as u64;
+    assert!(last < total, "the server took all {total} bytes without anyone reading");
+    let grown_kib = srv.rss_kib().saturating_sub(rss0);
+    let allowed_kib = clients as u64 * 1024 + 16 * 1024;
+    assert!(grown_kib <= allowed_kib, "server grew {grown_kib} KiB for {clients} slow readers (allowed {allowed_kib})");
+    eprintln!(
+        "{}: {clients} slow readers: server RSS grew {grown_kib} KiB ({} KiB each)",
+        backend.name,
+        grown_kib / clients as u64
+    );
+    let mut checkers = Vec::new();
+    for (i, mut s) in readers.into_iter().enumerate() {
+        checkers.push(std::thread::spawn(move || {
+            expect_read(&mut s, &pattern(i, mib << 20));
+            expect_eof(&mut s);
+        }));
+    }
+    for t in checkers.into_iter().chain(writers) {
+        t.join().unwrap();
+    }
+    let (status, _, rows, _) = srv.terminate();
+    assert!(status.success());
+    assert_eq!(rows.len(), clients);
+    assert!(rows.iter().all(|r| r.bytes == (mib << 20) as u64 && r.close_reason == CloseReason::Eof));
+}
+
+/// A client socket with 64 KiB send and receive buffers (set before connecting, so TCP
+/// autotuning cannot grow them): what the kernel can hold for a client that does not read
+/// stays small, so the server's flow control is what stops the writer.
+fn connect_small_buffers(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    sock.set_send_buffer_size(64 * 1024).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let s = std::net::TcpStream::from(sock);
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// `n` clients reset mid-request while another keeps being served.
+fn resets(backend: &Variant, n: usize) {
+    let srv = TestServer::start(backend.clone());
+    let mut good = connect(srv.addr);
+    for i in 0..n {
+        let mut s = connect(srv.addr);
+        checked_write(&mut s, &pattern(100 + i, 32));
+        reset(s);
+        if i % 50 == 0 {
+            let p = pattern(i, 64);
+            checked_write(&mut good, &p);
+            expect_read(&mut good, &p);
+        }
+    }
+    srv.wait_settled(n + 1, 1);
+    drop(good);
+    srv.wait_settled(n + 1, 0);
+    let (_, rows) = srv.stop();
+    assert_eq!(rows.len(), n + 1);
+    assert_eq!(rows.iter().filter(|r| r.close_reason == CloseReason::Reset).count(), n);
+}
+
+/// SIGTERM while `conns` clients are sending: exit 0 within 3 s with a row for every
+/// connection; the client, whose server is gone, reports each thread's failure with its
+/// cause, writes its CSV and exits non-zero within its timeout.
+fn sigterm_under_load(backend: &Variant, conns: usize) {
+    let srv = ServerProc::spawn(backend, &[], None);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("client.csv");
+    let mut client = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(["client", "--server", &srv.addr.to_string(), "--connections", &conns.to_string()])
+        .args(["--requests", "100000000", "--timeout", "5", "--out"])
+        .arg(&csv)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("every client connected", || srv.established() == conns);
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, took, rows, summary) = srv.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(3), "SIGTERM under load took {took:?}");
+    assert_eq!(rows.len(), conns, "one row per accepted connection");
+    assert_eq!(summary["connections"].as_u64(), Some(conns as u64));
+    assert!(rows.iter().all(|r| r.close_reason == CloseReason::Shutdown && r.bytes > 0));
+    let t = Instant::now();
+    let st = client.wait().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(8), "client took {:?} to notice", t.elapsed());
+    assert_eq!(st.code(), Some(1));
+    let crows = client::read_rows_csv(&csv).unwrap();
+    assert_eq!(crows.len(), conns);
+    assert!(crows.iter().all(|r| r.errors == 1 && r.requests > 0), "every thread ran, then failed");
+    assert!(
+        crows.iter().all(|r| r.error.contains("closed the connection")
+            || r.error.contains("reset")
+            || r.error.contains("Broken pipe")),
+        "{:?}",
+        crows.iter().find(|r| !r.error.contains("closed"))
+    );
+}
+
+fn many_connections(backend: &Variant, conns: usize, requests: u64) {
+    let srv = ServerProc::spawn(backend, &[], None);
+    let mut cfg = ClientConfig::new(srv.addr, conns, requests, 64);
+    cfg.timeout = Duration::from_secs(60);
+    let r = client::run(&cfg).unwrap();
+    let first = r.rows.iter().find(|t| t.errors > 0).map(|t| t.error.clone());
+    assert!(r.ok(), "{} errors, first: {first:?}", r.summary.errors);
+    eprintln!(
+        "{}: {conns} connections x {requests} requests: {:.0} req/s, p99 {:.0} us",
+        backend.name, r.summary.throughput_rps, r.summary.latency_p99_us
+    );
+    let (status, took, rows, _) = srv.terminate();
+    assert!(status.success() && took < Duration::from_secs(3));
+    assert_eq!(rows.len(), conns);
+    assert!(rows.iter().all(|r| r.bytes == requests * 64 && r.close_reason == CloseReason::Eof));
+}
+
+backend_suite!([epoll, uring, uring_no_bufring] {
+    fn keeps_serving_and_does_not_spin_when_out_of_descriptors(backend) {
+        fd_exhaustion(&backend);
+    }
+
+    fn slow_readers_get_every_byte_with_bounded_memory(backend) {
+        slow_readers(&backend, 20, 8);
+    }
+
+    #[ignore = "heavy: 200 slow readers of 8 MiB each"]
+    fn slow_readers_200(backend) {
+        slow_readers(&backend, 200, 8);
+    }
+
+    #[ignore = "heavy: 500 resets"]
+    fn resets_500(backend) {
+        resets(&backend, 500);
+    }
+
+    fn sigterm_under_load_exits_fast_and_the_client_reports_the_loss(backend) {
+        sigterm_under_load(&backend, 300);
+    }
+
+    #[ignore = "heavy: SIGTERM under 4000 clients"]
+    fn sigterm_under_4000_clients(backend) {
+        sigterm_under_load(&backend, 4000);
+    }
+
+    fn killed_client_process_is_logged_and_the_server_keeps_serving(backend) {
+        let srv = TestServer::start(backend);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+            .args(["client", "--server", &srv.addr.to_string(), "--connections", "50", "--requests", "100000000"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        srv.wait_settled(50, 50);
+        std::thread::sleep(Duration::from_millis(300));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        srv.wait_settled(50, 0);
+        let mut cfg = ClientConfig::new(srv.addr, 10, 20, 64);
+        cfg.timeout = Duration::from_secs(20);
+        let after = client::run(&cfg).unwrap();
+        assert!(after.ok(), "served after the kill");
+        let (_, rows) = srv.stop();
+        assert_eq!(rows.len(), 60);
+        let killed = rows.iter().filter(|r| matches!(r.close_reason, CloseReason::Reset | CloseReason::Eof)).count();
+        assert_eq!(killed, 60, "{rows:?}");
+    }
+
+    fn serves_3000_connections_byte_exact(backend) {
+        many_connections(&backend, 3000, 5);
+    }
+
+    #[ignore = "heavy: 19,000 connections"]
+    fn serves_19000_connections_byte_exact(backend) {
+        many_connections(&backend, 19_000, 20);
+    }
+});
