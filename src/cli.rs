@@ -370,9 +370,11 @@ fn run_client(a: ClientArgs) -> anyhow::Result<ExitCode> {
     };
     let report = match result {
         Ok(r) => r,
-        Err(e @ (ClientError::TooManyFiles { .. } | ClientError::TooFewPorts { .. })) => {
-            return Err(UsageError(e.to_string()).into())
-        }
+        Err(
+            e @ (ClientError::TooManyFiles { .. }
+            | ClientError::TooFewPorts { .. }
+            | ClientError::TooManyThreads { .. }),
+        ) => return Err(UsageError(e.to_string()).into()),
         Err(e) => return Err(e.into()),
     };
     if let Some(p) = &a.out {

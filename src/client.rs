@@ -170,8 +170,24 @@ pub enum ClientError {
          --source-ips 127.0.0.2,127.0.0.3 or widen the port range"
     )]
     TooFewPorts { connections: usize, ports: u64, sources: usize },
+    #[error(
+        "--connections {connections} puts {per_process} threads in one process, but vm.max_map_count \
+         ({max_map_count}) allows about {max_threads} (each thread maps a stack, an alternate signal stack \
+         and their guard pages); use --processes {suggest} or raise vm.max_map_count"
+    )]
+    TooManyThreads { connections: usize, per_process: usize, max_threads: usize, max_map_count: usize, suggest: usize },
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// Memory mappings each client thread costs: its stack and guard page, and the alternate
+/// signal stack and guard page the standard library gives every thread.
+const MAPS_PER_THREAD: usize = 4;
+/// Mappings kept for everything else in the process (code, heap, libraries).
+const SPARE_MAPS: usize = 4096;
+
+fn max_map_count() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(65_530)
 }
 
 /// Checks the run fits this process's limits, raising the open-file soft limit first.
@@ -181,6 +197,17 @@ pub fn check_limits(cfg: &ClientConfig) -> Result<(), ClientError> {
     let needed = per_process as u64 + SPARE_FDS;
     if needed > soft {
         return Err(ClientError::TooManyFiles { connections: cfg.connections, needed, hard: hard.max(soft) });
+    }
+    let maps = max_map_count();
+    let max_threads = maps.saturating_sub(SPARE_MAPS) / MAPS_PER_THREAD;
+    if per_process > max_threads {
+        return Err(ClientError::TooManyThreads {
+            connections: cfg.connections,
+            per_process,
+            max_threads,
+            max_map_count: maps,
+            suggest: cfg.connections.div_ceil(max_threads.max(1)),
+        });
     }
     if cfg.server.ip().is_loopback() || cfg.server.ip().is_unspecified() {
         let ports = ephemeral_ports();

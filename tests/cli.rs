@@ -160,3 +160,8 @@ fn uring_unavailable_under_seccomp_fails_with_one_line_suggesting_epoll() {
     assert!(lines[0].contains("io_uring is unavailable") && lines[0].contains("--backend epoll"), "{err}");
     assert!(lines[0].contains("Operation not permitted"), "{err}");
 }
+
+#[test]
+fn too_many_threads_for_one_process_exits_2_suggesting_processes() {
+    assert_fails(&["client", "--connections", "19000"], 2, &["--connections 19000", "--processes"]);
+}

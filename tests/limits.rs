@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use ringbench::backends::CloseReason;
 use ringbench::client::{self, ClientConfig};
+
 use ringbench::variant::Variant;
 
 /// The server runs out of descriptors with connections waiting: it keeps serving those it
@@ -42,6 +43,7 @@ fn fd_exhaustion(backend: &Variant) {
     let cpu0 = srv.cpu_s();
     std::thread::sleep(Duration::from_secs(1));
     let spent = srv.cpu_s() - cpu0;
+    eprintln!("{}: {n_served} of 90 served under a 64-descriptor limit; {spent:.3} s CPU in 1 s waiting", backend.name);
     assert!(spent < 0.2, "server used {spent:.2} s of CPU in 1 s while out of descriptors");
     // Free the served connections: the waiting ones must now be accepted and echoed.
     let mut waiting = Vec::new();
@@ -183,6 +185,7 @@ fn sigterm_under_load(backend: &Variant, conns: usize) {
     eventually("every client connected", || srv.established() == conns);
     std::thread::sleep(Duration::from_millis(500));
     let (status, took, rows, summary) = srv.terminate();
+    eprintln!("{}: SIGTERM under {conns} sending clients: exit {status} after {took:?}", backend.name);
     assert!(status.success(), "{status:?}");
     assert!(took < Duration::from_secs(3), "SIGTERM under load took {took:?}");
     assert_eq!(rows.len(), conns, "one row per accepted connection");
@@ -204,16 +207,27 @@ fn sigterm_under_load(backend: &Variant, conns: usize) {
     );
 }
 
+/// `conns` connections through the client binary, spread over enough processes to stay
+/// under one process's thread and descriptor limits.
 fn many_connections(backend: &Variant, conns: usize, requests: u64) {
     let srv = ServerProc::spawn(backend, &[], None);
-    let mut cfg = ClientConfig::new(srv.addr, conns, requests, 64);
-    cfg.timeout = Duration::from_secs(60);
-    let r = client::run(&cfg).unwrap();
-    let first = r.rows.iter().find(|t| t.errors > 0).map(|t| t.error.clone());
-    assert!(r.ok(), "{} errors, first: {first:?}", r.summary.errors);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("client.json");
+    let processes = conns.div_ceil(8000).to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(["client", "--server", &srv.addr.to_string(), "--connections", &conns.to_string()])
+        .args(["--requests", &requests.to_string(), "--timeout", "60", "--processes", &processes, "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(summary["requests"].as_u64(), Some(conns as u64 * requests));
+    assert_eq!(summary["errors"].as_u64(), Some(0));
     eprintln!(
-        "{}: {conns} connections x {requests} requests: {:.0} req/s, p99 {:.0} us",
-        backend.name, r.summary.throughput_rps, r.summary.latency_p99_us
+        "{}: {conns} connections x {requests} requests over {processes} client processes: {:.0} req/s, p99 {:.0} us",
+        backend.name, summary["throughput_rps"], summary["latency_p99_us"]
     );
     let (status, took, rows, _) = srv.terminate();
     assert!(status.success() && took < Duration::from_secs(3));
