@@ -56,7 +56,7 @@ pub struct MatrixArgs {
     /// Server worker threads [default: one per server CPU].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
-    /// Output directory [default: results/<UTC timestamp>].
+    /// Output directory (default: results/UTC-TIMESTAMP, e.g. results/2026-11-29T03-07-51Z).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// A smoke sweep in under a minute: 50 and 200 connections, 20 requests, 1 repeat.

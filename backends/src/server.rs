@@ -23,7 +23,7 @@ use crate::Backend;
 /// default on current kernels); asking for more costs nothing and helps where it is raised.
 pub const LISTEN_BACKLOG: i32 = 65_535;
 
-/// The default event-coalescing window (see [`Coalesce`]), chosen by measurement: the
+/// The default event-coalescing window (see [`Coalesce`](crate::Coalesce)), chosen by measurement: the
 /// README's table shows syscalls, CPU and latency with and without it.
 pub const DEFAULT_COALESCE_US: u32 = 200;
 
@@ -115,7 +115,7 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     /// Close new connections at once while this many are open (reason `rejected`).
     pub max_conns: Option<usize>,
-    /// Event coalescing window in microseconds (see [`Coalesce`]); 0 turns it off.
+    /// Event coalescing window in microseconds (see [`Coalesce`](crate::Coalesce)); 0 turns it off.
     pub coalesce_us: u32,
     pub uring: UringOptions,
 }

@@ -25,7 +25,7 @@
 //!   then every completion is reaped. Rings are created with `SINGLE_ISSUER | DEFER_TASKRUN`
 //!   (completions are processed only when we ask, in our thread, in batches) and
 //!   `SUBMIT_ALL`; the ring fd is registered so each enter skips the fd lookup. Event
-//!   coalescing (see [`Coalesce`]) is one call here: wait for `want` completions with a
+//!   coalescing (see [`Coalesce`](crate::Coalesce)) is one call here: wait for `want` completions with a
 //!   `min_wait` timeout (Linux 6.12+), falling back to a plain timeout.
 //!
 //! Every feature is probed at start, falls back when missing, can be switched off
@@ -512,7 +512,7 @@ impl BufRing {
         self.pool[usize::from(bid) * self.size..].as_ptr()
     }
 
-    /// Puts buffer `bid` back in the ring (visible to the kernel after [`publish`]).
+    /// Puts buffer `bid` back in the ring (visible to the kernel after [`publish`](Self::publish)).
     pub fn recycle(&mut self, bid: u16) {
         let addr = self.ptr(bid) as u64;
         // SAFETY: `tail & mask` indexes inside the `mask + 1` entries we allocated, and the
