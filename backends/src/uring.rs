@@ -216,12 +216,15 @@ impl Uring {
             && works(&|b| {
                 b.setup_sqpoll(1000);
             });
-        // DEFER_TASKRUN cannot be combined with SQPOLL (the kernel thread runs the work).
-        let taskrun = if opts.defer_taskrun
-            && !sqpoll
+        // With SQPOLL the kernel thread runs completions, so the task-run flags are
+        // refused (EINVAL) alongside it.
+        let taskrun = if sqpoll {
+            Taskrun::Plain
+        } else if opts.defer_taskrun
             && works(&|b| {
                 b.setup_single_issuer().setup_defer_taskrun();
-            }) {
+            })
+        {
             Taskrun::Defer
         } else if works(&|b| {
             b.setup_coop_taskrun();
@@ -235,7 +238,7 @@ impl Uring {
         });
         let kernel = sys::kernel_version();
         let bufring = opts.bufring && kernel >= (5, 19) && BufRing::new(&ring.submitter(), 8, 64).is_ok();
-        Ok(Uring {
+        let uring = Uring {
             feat: Features {
                 buffers: opts.buffers,
                 buffer_size: opts.buffer_size,
@@ -249,7 +252,10 @@ impl Uring {
                 sqpoll,
                 registered_ring_fd: kernel >= (5, 18),
             },
-        })
+        };
+        // The flags were probed one by one; make sure the combination is accepted too.
+        uring.build_ring(8, 16)?;
+        Ok(uring)
     }
 
     fn build_ring(&self, entries: u32, cq_entries: u32) -> io::Result<IoUring> {
@@ -271,7 +277,13 @@ impl Uring {
         if f.sqpoll {
             b.setup_sqpoll(1000);
         }
-        b.build(entries).map_err(unavailable)
+        b.build(entries).map_err(|e| match e.raw_os_error() {
+            Some(libc::EPERM | libc::ENOSYS | libc::EACCES) => unavailable(e),
+            _ => io::Error::new(
+                e.kind(),
+                format!("cannot set up an io_uring with the probed features ({:?}): {e}", self.feat),
+            ),
+        })
     }
 }
 
