@@ -247,31 +247,31 @@ pub fn fill_payload(buf: &mut [u8], thread: usize, request: u64) {
 }
 
 /// A start gate: threads report ready and wait; the main thread opens it for all at once.
+///
+/// The gate itself is a write-locked `RwLock`: releasing the write lock wakes every waiting
+/// reader together. (A condvar would hand its mutex to thousands of threads one at a time,
+/// so the last would start hundreds of milliseconds after the first.)
 struct Gate {
-    state: Mutex<(usize, bool)>,
-    cv: Condvar,
+    ready: Mutex<usize>,
+    ready_cv: Condvar,
+    door: std::sync::RwLock<()>,
+    /// When the gate opened; set before it opens, read lock-free after.
+    opened_at: std::sync::OnceLock<Instant>,
 }
 
 impl Gate {
-    fn arrive_and_wait(&self) {
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 += 1;
-        self.cv.notify_all();
-        while !g.1 {
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
+    fn arrive_and_wait(&self) -> Instant {
+        *self.ready.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.ready_cv.notify_one();
+        drop(self.door.read().unwrap_or_else(|p| p.into_inner()));
+        self.opened_at.get().copied().unwrap_or_else(Instant::now)
     }
 
     fn wait_for(&self, n: usize) {
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        while g.0 < n {
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        let mut g = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        while *g < n {
+            g = self.ready_cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
-    }
-
-    fn open(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
-        self.cv.notify_all();
     }
 }
 
@@ -295,20 +295,25 @@ pub fn run(cfg: &ClientConfig) -> Result<ClientReport, ClientError> {
 /// before the start gate opens (a child of a sharded run reports ready there and waits).
 pub fn run_with_start_hook(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<ClientReport, ClientError> {
     check_limits(cfg)?;
-    let gate = Arc::new(Gate { state: Mutex::new((0, false)), cv: Condvar::new() });
-    let start_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let gate = Arc::new(Gate {
+        ready: Mutex::new(0),
+        ready_cv: Condvar::new(),
+        door: std::sync::RwLock::new(()),
+        opened_at: std::sync::OnceLock::new(),
+    });
+    let closed = gate.door.write().unwrap_or_else(|p| p.into_inner());
     let mut handles = Vec::with_capacity(cfg.connections);
     let mut outcomes = Vec::with_capacity(cfg.connections);
     for i in 0..cfg.connections {
         let thread = cfg.first_thread + i;
-        let (gate, start_at, c) = (Arc::clone(&gate), Arc::clone(&start_at), cfg.clone());
+        let (gate, c) = (Arc::clone(&gate), cfg.clone());
         // Spread by the run-wide thread number, so shards in several processes together
         // use every source address evenly.
         let source = (!c.source_ips.is_empty()).then(|| c.source_ips[thread % c.source_ips.len()]);
         let spawned = std::thread::Builder::new()
             .name(format!("client-{thread}"))
             .stack_size(THREAD_STACK_BYTES)
-            .spawn(move || connection_thread(&c, thread, source, &gate, &start_at));
+            .spawn(move || connection_thread(&c, thread, source, &gate));
         match spawned {
             Ok(h) => handles.push((thread, h)),
             Err(e) => outcomes.push(failed_outcome(
@@ -321,8 +326,8 @@ pub fn run_with_start_hook(cfg: &ClientConfig, before_start: impl FnOnce()) -> R
     gate.wait_for(handles.len());
     before_start();
     let t0 = Instant::now();
-    *start_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(t0);
-    gate.open();
+    let _ = gate.opened_at.set(t0);
+    drop(closed);
     for (thread, h) in handles {
         match h.join() {
             Ok(o) => outcomes.push(o),
@@ -495,19 +500,12 @@ fn connect(cfg: &ClientConfig, source: Option<IpAddr>) -> io::Result<TcpStream> 
     Ok(stream)
 }
 
-fn connection_thread(
-    cfg: &ClientConfig,
-    thread: usize,
-    source: Option<IpAddr>,
-    gate: &Gate,
-    start_at: &Mutex<Option<Instant>>,
-) -> ThreadOutcome {
+fn connection_thread(cfg: &ClientConfig, thread: usize, source: Option<IpAddr>, gate: &Gate) -> ThreadOutcome {
     let c0 = Instant::now();
     let stream = connect(cfg, source);
     let connect_s = c0.elapsed().as_secs_f64();
     // Every thread reaches the gate, connected or not, so the main thread can count them.
-    gate.arrive_and_wait();
-    let t0 = start_at.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or_else(Instant::now);
+    let t0 = gate.arrive_and_wait();
     let mut stream = match stream {
         Ok(s) => s,
         Err(e) => {

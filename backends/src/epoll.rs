@@ -176,17 +176,28 @@ fn accept_loop(
 }
 
 /// Reports running out of descriptors once per episode instead of once per attempt.
+///
+/// Near the limit the acceptor flaps: one descriptor frees up, one accept succeeds, the
+/// next fails again. An episode therefore only ends after a second with no failure, so a
+/// flapping server reports once, not once per freed descriptor.
 #[derive(Default)]
 pub struct OutOfFds {
+    /// Accepting is paused (the acceptor retries every [`ACCEPT_RETRY_MS`]).
     pub active: bool,
+    reported: bool,
     attempts: u64,
+    last_hit: Option<Instant>,
 }
 
 impl OutOfFds {
+    const QUIET: Duration = Duration::from_secs(1);
+
     pub fn hit(&mut self, e: &io::Error, open: usize) {
         self.attempts += 1;
-        if !self.active {
-            self.active = true;
+        self.active = true;
+        self.last_hit = Some(Instant::now());
+        if !self.reported {
+            self.reported = true;
             eprintln!(
                 "ringbench: accept failed: {e}; still serving the {open} open connections, \
                  retrying every {ACCEPT_RETRY_MS} ms (reported once; raise the limit with ulimit -n)"
@@ -194,10 +205,12 @@ impl OutOfFds {
         }
     }
 
+    /// A connection was accepted.
     pub fn recovered(&mut self) {
-        if self.active {
+        self.active = false;
+        if self.reported && self.last_hit.is_some_and(|t| t.elapsed() >= Self::QUIET) {
             eprintln!("ringbench: accepting again after {} failed attempts", self.attempts);
-            self.active = false;
+            self.reported = false;
             self.attempts = 0;
         }
     }
