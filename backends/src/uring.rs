@@ -74,10 +74,12 @@ use crate::{sys, Backend};
 pub const DEFAULT_BUFFER_SIZE_BYTES: usize = 4096;
 /// Default provided buffers per worker (a power of two, at most 32768).
 pub const DEFAULT_BUFFERS: u16 = 2048;
-/// Stop receiving from a client once this much of its echo is queued.
-pub const PENDING_HIGH_BYTES: usize = 256 * 1024;
+/// Stop receiving from a client once this much of its echo is queued: the same bound as
+/// epoll's one read buffer, and it keeps one client that does not read from holding more
+/// than 16 of a worker's 2048 default buffers.
+pub const PENDING_HIGH_BYTES: usize = 64 * 1024;
 /// Receive again once its queue has drained below this.
-pub const PENDING_LOW_BYTES: usize = 64 * 1024;
+pub const PENDING_LOW_BYTES: usize = 16 * 1024;
 const BUF_GROUP: u16 = 0;
 const SQ_ENTRIES: u32 = 4096;
 const CQ_ENTRIES: u32 = 65_536;
@@ -604,9 +606,12 @@ struct UWorker<'a, 'r> {
     next_gen: u32,
     open: usize,
     bufs: Option<BufRing>,
-    /// Buffers went back to the ring this turn (publish, then re-arm starved receives).
-    recycled: bool,
-    starved: Vec<u32>,
+    /// Buffers that went back to the ring this turn: published at the end of the turn,
+    /// when as many starved receives are re-armed (one buffer each, first starved first;
+    /// re-arming all of them for a few buffers would only buy a storm of ENOBUFS).
+    recycled: usize,
+    /// Connections whose receive ended with ENOBUFS: (slot, generation).
+    starved: VecDeque<(u32, u32)>,
     stats: ThreadStats,
     rows: Vec<ConnRecord>,
     now: Instant,
@@ -662,8 +667,8 @@ fn run_worker(
         next_gen: 0,
         open: 0,
         bufs,
-        recycled: false,
-        starved: Vec::new(),
+        recycled: 0,
+        starved: VecDeque::new(),
         stats,
         rows: Vec::new(),
         now: Instant::now(),
@@ -730,16 +735,18 @@ impl UWorker<'_, '_> {
                     self.adopt(c);
                 }
             }
-            if self.recycled {
-                self.recycled = false;
+            if self.recycled > 0 {
                 if let Some(b) = &self.bufs {
                     b.publish();
                 }
-                for slot in std::mem::take(&mut self.starved) {
-                    if let Some(c) = self.conns[slot as usize].as_mut() {
+                let mut budget = std::mem::take(&mut self.recycled);
+                while budget > 0 {
+                    let Some((slot, gen)) = self.starved.pop_front() else { break };
+                    if let Some(c) = self.conn(slot, gen).filter(|c| c.starved) {
                         c.starved = false;
+                        budget -= 1;
+                        self.after_io(slot);
                     }
-                    self.after_io(slot);
                 }
             }
             if let (Some(limit), Some(t)) = (idle, tick) {
@@ -877,7 +884,7 @@ impl UWorker<'_, '_> {
     fn recycle(&mut self, buf: BufRef) {
         if let (BufRef::Ring(bid), Some(b)) = (buf, self.bufs.as_mut()) {
             b.recycle(bid);
-            self.recycled = true;
+            self.recycled += 1;
         }
     }
 
@@ -927,7 +934,7 @@ impl UWorker<'_, '_> {
                 libc::ENOBUFS => {
                     c.starved = true;
                     self.stats.bufring_empty += 1;
-                    self.starved.push(slot);
+                    self.starved.push_back((slot, gen));
                 }
                 libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
                 e => close = Some(CloseReason::from_error(&io::Error::from_raw_os_error(e))),
@@ -1055,7 +1062,7 @@ impl UWorker<'_, '_> {
         for ch in c.queue.drain(..) {
             if let (BufRef::Ring(bid), Some(b)) = (ch.buf, self.bufs.as_mut()) {
                 b.recycle(bid);
-                self.recycled = true;
+                self.recycled += 1;
             }
         }
         let reason = c.closing.unwrap_or(CloseReason::Error);
