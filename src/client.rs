@@ -419,18 +419,33 @@ fn empty_summary(cfg: &ClientConfig, connections: usize) -> ClientSummary {
 fn merge(cfg: &ClientConfig, parts: Vec<(ClientSummary, Vec<ThreadRow>)>) -> ClientReport {
     let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is a valid histogram precision");
     let mut rows = Vec::new();
-    let (mut wall_s, mut ok, mut connect_sum, mut connect_max) = (0.0f64, 0usize, 0.0f64, 0.0f64);
+    let mut wall_s = 0.0f64;
+    let mut connects = Connects::default();
     for (s, r) in parts {
         if let Some(h) = decode_histogram(&s.latency_histogram) {
             let _ = hist.add(&h);
         }
         wall_s = wall_s.max(s.wall_s);
-        ok += s.connections_ok;
-        connect_sum += s.connect_mean_s * s.connections_ok as f64;
-        connect_max = connect_max.max(s.connect_max_s);
+        connects.ok += s.connections_ok;
+        connects.sum_s += s.connect_mean_s * s.connections_ok as f64;
+        connects.max_s = connects.max_s.max(s.connect_max_s);
         rows.extend(r);
     }
     rows.sort_by_key(|r| r.thread);
+    report(cfg, rows, hist, wall_s, connects)
+}
+
+/// Connection set-up over the threads of a run.
+#[derive(Default)]
+struct Connects {
+    ok: usize,
+    sum_s: f64,
+    max_s: f64,
+}
+
+/// The report of a run from its rows and merged latencies: one place that defines every
+/// summary figure, for a single process and for merged shards alike.
+fn report(cfg: &ClientConfig, rows: Vec<ThreadRow>, hist: Histogram<u64>, wall_s: f64, c: Connects) -> ClientReport {
     let n = rows.len().max(1) as f64;
     let requests: u64 = rows.iter().map(|r| r.requests).sum();
     let us = |ns: u64| ns as f64 / 1e3;
@@ -438,8 +453,8 @@ fn merge(cfg: &ClientConfig, parts: Vec<(ClientSummary, Vec<ThreadRow>)>) -> Cli
         label: cfg.label.clone(),
         server: cfg.server.to_string(),
         connections: cfg.connections,
-        connections_ok: ok,
-        connections_failed: cfg.connections.saturating_sub(ok),
+        connections_ok: c.ok,
+        connections_failed: cfg.connections.saturating_sub(c.ok),
         requests_per_connection: cfg.requests,
         size_bytes: cfg.size,
         requests,
@@ -455,8 +470,8 @@ fn merge(cfg: &ClientConfig, parts: Vec<(ClientSummary, Vec<ThreadRow>)>) -> Cli
         latency_max_us: us(hist.max()),
         avg_total_duration_s: rows.iter().map(|r| r.total_duration_s).sum::<f64>() / n,
         avg_response_time_s: rows.iter().map(|r| r.avg_response_s).sum::<f64>() / n,
-        connect_mean_s: if ok > 0 { connect_sum / ok as f64 } else { 0.0 },
-        connect_max_s: connect_max,
+        connect_mean_s: if c.ok > 0 { c.sum_s / c.ok as f64 } else { 0.0 },
+        connect_max_s: c.max_s,
         latency_model: LATENCY_MODEL.into(),
         latency_histogram: encode_histogram(&hist),
     };
@@ -651,49 +666,20 @@ fn exchange_duplex(stream: &TcpStream, sent: &[u8], got: &mut [u8], timeout: Dur
 fn summarise(cfg: &ClientConfig, outcomes: Vec<ThreadOutcome>, wall_s: f64) -> ClientReport {
     let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is a valid histogram precision");
     let mut rows = Vec::with_capacity(outcomes.len());
-    let (mut connect_sum, mut connect_max, mut ok) = (0.0f64, 0.0f64, 0usize);
+    let mut connects = Connects::default();
     for o in outcomes {
         for &ns in &o.latencies_ns {
             // Auto-resizing histogram: recording cannot fail for u64 values.
             let _ = hist.record(ns.max(1));
         }
         if o.connected {
-            ok += 1;
-            connect_sum += o.connect_s;
-            connect_max = connect_max.max(o.connect_s);
+            connects.ok += 1;
+            connects.sum_s += o.connect_s;
+            connects.max_s = connects.max_s.max(o.connect_s);
         }
         rows.push(o.row);
     }
-    let n = rows.len().max(1) as f64;
-    let requests: u64 = rows.iter().map(|r| r.requests).sum();
-    let us = |ns: u64| ns as f64 / 1e3;
-    let summary = ClientSummary {
-        label: cfg.label.clone(),
-        server: cfg.server.to_string(),
-        connections: cfg.connections,
-        connections_ok: ok,
-        connections_failed: cfg.connections - ok,
-        requests_per_connection: cfg.requests,
-        size_bytes: cfg.size,
-        requests,
-        bytes: rows.iter().map(|r| r.bytes).sum(),
-        errors: rows.iter().map(|r| r.errors).sum(),
-        wall_s,
-        throughput_rps: if wall_s > 0.0 { requests as f64 / wall_s } else { 0.0 },
-        latency_mean_us: hist.mean() / 1e3,
-        latency_p50_us: us(hist.value_at_quantile(0.50)),
-        latency_p90_us: us(hist.value_at_quantile(0.90)),
-        latency_p99_us: us(hist.value_at_quantile(0.99)),
-        latency_p999_us: us(hist.value_at_quantile(0.999)),
-        latency_max_us: us(hist.max()),
-        avg_total_duration_s: rows.iter().map(|r| r.total_duration_s).sum::<f64>() / n,
-        avg_response_time_s: rows.iter().map(|r| r.avg_response_s).sum::<f64>() / n,
-        connect_mean_s: if ok > 0 { connect_sum / ok as f64 } else { 0.0 },
-        connect_max_s: connect_max,
-        latency_model: LATENCY_MODEL.into(),
-        latency_histogram: encode_histogram(&hist),
-    };
-    ClientReport { summary, rows, histogram: hist }
+    report(cfg, rows, hist, wall_s, connects)
 }
 
 /// A histogram as base64 of its V2 serialization (empty if it cannot be serialized).

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::book::{CloseReason, ConnMeter, ConnRecord, Sys, SyscallCounts, ThreadStats};
-use crate::handoff::{Inbox, NewConn};
+use crate::handoff::{finish_serve, Inbox, NewConn};
 use crate::server::Shared;
 use crate::{sys, Backend};
 
@@ -67,20 +67,9 @@ impl Backend for Epoll {
                 }
             }
             let accepted = accept_loop(&listener, shared, &inboxes, &doorbells);
-            // Whatever ended the acceptor, the workers must stop too.
-            shared.stop.trigger();
+            // No more connections: new clients are refused rather than left in the queue.
             drop(listener);
-            let mut all = vec![accepted?];
-            for h in handles {
-                all.push(h.join().map_err(|_| io::Error::other("epoll worker panicked"))??);
-            }
-            // A connection pushed after its worker's last look is closed and logged here.
-            let mut rows = Vec::new();
-            for (id, inbox) in inboxes.iter().enumerate() {
-                inbox.close_leftovers(id, &mut all[0], &mut rows);
-            }
-            shared.log.append(&mut rows)?;
-            Ok(all)
+            finish_serve(shared, accepted, handles, &inboxes)
         })
     }
 }

@@ -5,10 +5,13 @@
 //! connection. The doorbell is backend-specific: an eventfd write for epoll, an
 //! IORING_OP_MSG_RING completion posted into the worker's ring for io_uring.
 
+use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
+use std::thread::ScopedJoinHandle;
 
 use crate::book::{CloseReason, ConnMeter, ConnRecord, ThreadStats};
+use crate::server::Shared;
 
 /// An accepted connection on its way to a worker.
 pub struct NewConn {
@@ -48,4 +51,26 @@ impl Inbox {
             stats.syscalls.add(crate::Sys::Close);
         }
     }
+}
+
+/// The end of every backend's `serve`, once its acceptor has returned: stop the workers
+/// (whatever ended the acceptor), join them, and close and log any connection that was
+/// queued after its worker's last look. Returns the acceptor's counters first.
+pub fn finish_serve(
+    shared: &Shared,
+    accepted: io::Result<ThreadStats>,
+    workers: Vec<ScopedJoinHandle<'_, io::Result<ThreadStats>>>,
+    inboxes: &[Inbox],
+) -> io::Result<Vec<ThreadStats>> {
+    shared.stop.trigger();
+    let mut all = vec![accepted?];
+    for h in workers {
+        all.push(h.join().map_err(|_| io::Error::other("a worker thread panicked"))??);
+    }
+    let mut rows = Vec::new();
+    for (id, inbox) in inboxes.iter().enumerate() {
+        inbox.close_leftovers(id, &mut all[0], &mut rows);
+    }
+    shared.log.append(&mut rows)?;
+    Ok(all)
 }

@@ -65,7 +65,7 @@ use io_uring::{CompletionQueue, IoUring, Probe, SubmissionQueue, Submitter};
 
 use crate::book::{CloseReason, ConnMeter, ConnRecord, Sys, ThreadStats};
 use crate::epoll::{OutOfFds, ACCEPT_RETRY_MS};
-use crate::handoff::{Inbox, NewConn};
+use crate::handoff::{finish_serve, Inbox, NewConn};
 use crate::server::{Shared, UringOptions};
 use crate::{sys, Backend};
 
@@ -359,18 +359,9 @@ impl Backend for Uring {
                 (Some(e), _) => Err(e),
                 (None, None) => Err(io::Error::other("a uring worker exited before its ring was ready")),
             };
-            shared.stop.trigger();
+            // No more connections: new clients are refused rather than left in the queue.
             drop(listener);
-            let mut all = vec![accepted?];
-            for h in handles {
-                all.push(h.join().map_err(|_| io::Error::other("uring worker panicked"))??);
-            }
-            let mut rows = Vec::new();
-            for (id, inbox) in inboxes.iter().enumerate() {
-                inbox.close_leftovers(id, &mut all[0], &mut rows);
-            }
-            shared.log.append(&mut rows)?;
-            Ok(all)
+            finish_serve(shared, accepted, handles, &inboxes)
         })
     }
 }
