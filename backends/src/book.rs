@@ -110,7 +110,6 @@ pub enum Sys {
     Close,
     EpollWait,
     EpollCtl,
-    EventfdRead,
     EventfdWrite,
     Getpeername,
     IoUringEnter,
@@ -119,14 +118,13 @@ pub enum Sys {
 }
 
 impl Sys {
-    const ALL: [Sys; 12] = [
+    const ALL: [Sys; 11] = [
         Sys::Accept,
         Sys::Read,
         Sys::Write,
         Sys::Close,
         Sys::EpollWait,
         Sys::EpollCtl,
-        Sys::EventfdRead,
         Sys::EventfdWrite,
         Sys::Getpeername,
         Sys::IoUringEnter,
@@ -142,7 +140,6 @@ impl Sys {
             Sys::Close => "close",
             Sys::EpollWait => "epoll_wait",
             Sys::EpollCtl => "epoll_ctl",
-            Sys::EventfdRead => "eventfd_read",
             Sys::EventfdWrite => "eventfd_write",
             Sys::Getpeername => "getpeername",
             Sys::IoUringEnter => "io_uring_enter",

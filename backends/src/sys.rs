@@ -155,16 +155,6 @@ pub fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// Resets an eventfd's counter so a level-triggered waiter stops seeing it ready.
-pub fn eventfd_drain(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let mut buf = [0u8; 8];
-    match read(fd, &mut buf) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// Resource usage of the whole process (every thread, including io_uring's kernel workers,
 /// which are threads of this process).
 pub fn rusage_self() -> io::Result<libc::rusage> {
