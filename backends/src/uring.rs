@@ -684,10 +684,17 @@ impl UWorker<'_, '_> {
         let mut stopping: Option<Instant> = None;
         let mut last_reaped = 0usize;
         loop {
-            // Each request is about two completions (receive, send).
-            let want = 2 * coalesce.want(self.open);
-            let (want, min_wait) = if stopping.is_none() && want > 2 && last_reaped > 0 && last_reaped < want {
-                (want, coalesce.wait_us)
+            // Each request is about two completions (receive, send). Coalescing engages on
+            // the same condition as epoll's (a short last batch with many connections open)
+            // and then, like epoll's sleep, takes the whole window unless every connection
+            // has completed. Returning as soon as a fixed batch (128 completions) was in
+            // served connections in smaller, more frequent batches: at equal mean latency
+            // p99 was 1.2-1.4x epoll's from 1000 connections (84 ms against 71 ms at 4000,
+            // 3 repeats each, pinned); with the whole window it matches (71 ms against 74).
+            let threshold = 2 * coalesce.want(self.open);
+            let (want, min_wait) = if stopping.is_none() && threshold > 2 && last_reaped > 0 && last_reaped < threshold
+            {
+                (2 * self.open, coalesce.wait_us)
             } else {
                 (1, 0)
             };
