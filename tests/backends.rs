@@ -310,7 +310,7 @@ fn uring_buffer_ring_exhaustion_loses_nothing() {
     let v = ringbench::variant::Variant::parse("uring").unwrap();
     let srv = TestServer::start_with(v, |c| {
         c.workers = 1;
-        c.uring.buffers = 8;
+        c.uring.buffers = 2;
         c.uring.buffer_size = 1024;
     });
     let r = client::run(&client_cfg(srv.addr, 200, 20, 3000)).unwrap();

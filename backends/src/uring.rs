@@ -478,6 +478,9 @@ pub struct BufRing {
     size: usize,
     mask: u16,
     tail: u16,
+    count: u16,
+    /// Buffers the kernel has handed us (in completions) and we have not returned yet.
+    out: u16,
 }
 
 impl BufRing {
@@ -501,6 +504,9 @@ impl BufRing {
             size,
             mask: count - 1,
             tail: 0,
+            count,
+            // Every buffer starts "out" and is handed to the kernel by the loop below.
+            out: count,
         };
         // SAFETY: `entries` is page-aligned, zeroed, `count` entries long, and lives until
         // `Drop`, which runs only after the group is unregistered or the ring is gone.
@@ -527,6 +533,17 @@ impl BufRing {
         e.set_len(self.size as u32);
         e.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
+        self.out = self.out.saturating_sub(1);
+    }
+
+    /// Notes that a completion handed us a buffer (it is ours until [`recycle`](Self::recycle)).
+    pub fn taken(&mut self) {
+        self.out = self.out.saturating_add(1).min(self.count);
+    }
+
+    /// Buffers the kernel can pick from now (once published).
+    pub fn available(&self) -> usize {
+        usize::from(self.count - self.out)
     }
 
     /// Makes recycled buffers visible to the kernel.
@@ -597,10 +614,8 @@ struct UWorker<'a, 'r> {
     next_gen: u32,
     open: usize,
     bufs: Option<BufRing>,
-    /// Buffers that went back to the ring this turn: published at the end of the turn,
-    /// when as many starved receives are re-armed (one buffer each, first starved first;
-    /// re-arming all of them for a few buffers would only buy a storm of ENOBUFS).
-    recycled: usize,
+    /// Buffers went back to the ring this turn: publish the tail at the end of the turn.
+    recycled: bool,
     /// Connections whose receive ended with ENOBUFS: (slot, generation).
     starved: VecDeque<(u32, u32)>,
     stats: ThreadStats,
@@ -658,7 +673,7 @@ fn run_worker(
         next_gen: 0,
         open: 0,
         bufs,
-        recycled: 0,
+        recycled: false,
         starved: VecDeque::new(),
         stats,
         rows: Vec::new(),
@@ -733,18 +748,23 @@ impl UWorker<'_, '_> {
                     self.adopt(c);
                 }
             }
-            if self.recycled > 0 {
+            if std::mem::take(&mut self.recycled) {
                 if let Some(b) = &self.bufs {
                     b.publish();
                 }
-                let mut budget = std::mem::take(&mut self.recycled);
-                while budget > 0 {
-                    let Some((slot, gen)) = self.starved.pop_front() else { break };
-                    if let Some(c) = self.conn(slot, gen).filter(|c| c.starved) {
-                        c.starved = false;
-                        budget -= 1;
-                        self.after_io(slot);
-                    }
+            }
+            // Re-arm receives that ran out of buffers, one per buffer the ring holds now
+            // (re-arming all of them for a few buffers only buys a storm of ENOBUFS). This
+            // runs every turn, not only when buffers come back: a receive left starved
+            // when traffic stops would otherwise never be re-armed (found at 19,000
+            // connections, where it stalled 473 of them).
+            let mut budget = self.bufs.as_ref().map_or(0, BufRing::available);
+            while budget > 0 {
+                let Some((slot, gen)) = self.starved.pop_front() else { break };
+                if let Some(c) = self.conn(slot, gen).filter(|c| c.starved) {
+                    c.starved = false;
+                    budget -= 1;
+                    self.after_io(slot);
                 }
             }
             if let (Some(limit), Some(t)) = (idle, tick) {
@@ -882,7 +902,7 @@ impl UWorker<'_, '_> {
     fn recycle(&mut self, buf: BufRef) {
         if let (BufRef::Ring(bid), Some(b)) = (buf, self.bufs.as_mut()) {
             b.recycle(bid);
-            self.recycled += 1;
+            self.recycled = true;
         }
     }
 
@@ -892,6 +912,9 @@ impl UWorker<'_, '_> {
             self.ring.inflight -= 1;
         }
         let buf = cqueue::buffer_select(flags).map(BufRef::Ring);
+        if let (Some(_), Some(b)) = (buf, self.bufs.as_mut()) {
+            b.taken();
+        }
         let multishot = self.feat.multishot_recv;
         let now = self.now;
         let Some(c) = self.conn(slot, gen) else {
@@ -1058,10 +1081,7 @@ impl UWorker<'_, '_> {
             );
         }
         for ch in c.queue.drain(..) {
-            if let (BufRef::Ring(bid), Some(b)) = (ch.buf, self.bufs.as_mut()) {
-                b.recycle(bid);
-                self.recycled += 1;
-            }
+            self.recycle(ch.buf);
         }
         let reason = c.closing.unwrap_or(CloseReason::Error);
         self.stats.record(&mut self.rows, c.meter.finish(self.id, reason));
