@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::book::{CloseReason, ConnMeter, ConnRecord, Sys, SyscallCounts, ThreadStats};
-use crate::handoff::{finish_serve, Inbox, NewConn};
+use crate::handoff::{finish_serve, stop_all_on_error, Inbox, NewConn};
 use crate::server::Shared;
 use crate::{sys, Backend};
 
@@ -52,12 +52,21 @@ impl Backend for Epoll {
         let inboxes: Vec<Inbox> = (0..shared.workers).map(|_| Inbox::default()).collect();
         // Each worker's doorbell: an eventfd the acceptor writes when its queue was empty.
         let doorbells = (0..shared.workers).map(|_| sys::eventfd()).collect::<io::Result<Vec<_>>>()?;
+        // Workers are set up here, before anything is accepted: set up on their own threads
+        // they raced the acceptor, which could take the last descriptors first and leave a
+        // worker without its epoll instance (seen under a 64-descriptor limit).
+        let workers = inboxes
+            .iter()
+            .zip(&doorbells)
+            .enumerate()
+            .map(|(id, (inbox, bell))| Worker::new(id, shared, inbox, bell))
+            .collect::<io::Result<Vec<_>>>()?;
         std::thread::scope(|s| {
-            let mut handles = Vec::with_capacity(inboxes.len());
-            for (id, (inbox, bell)) in inboxes.iter().zip(&doorbells).enumerate() {
+            let mut handles = Vec::with_capacity(workers.len());
+            for w in workers {
                 let h = std::thread::Builder::new()
-                    .name(format!("ringbench-epoll-{id}"))
-                    .spawn_scoped(s, move || Worker::new(id, shared, inbox, bell)?.run());
+                    .name(format!("ringbench-epoll-{}", w.id))
+                    .spawn_scoped(s, move || stop_all_on_error(shared, w.run()));
                 match h {
                     Ok(h) => handles.push(h),
                     Err(e) => {

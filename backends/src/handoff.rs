@@ -74,3 +74,13 @@ pub fn finish_serve(
     shared.log.append(&mut rows)?;
     Ok(all)
 }
+
+/// A worker that fails stops the whole server: its queue would otherwise fill with
+/// connections nobody serves while the acceptor goes on accepting.
+pub fn stop_all_on_error(shared: &Shared, r: io::Result<ThreadStats>) -> io::Result<ThreadStats> {
+    if let Err(e) = &r {
+        eprintln!("ringbench: worker failed, stopping the server: {e}");
+        shared.stop.trigger();
+    }
+    r
+}

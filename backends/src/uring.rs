@@ -65,7 +65,7 @@ use io_uring::{CompletionQueue, IoUring, Probe, SubmissionQueue, Submitter};
 
 use crate::book::{CloseReason, ConnMeter, ConnRecord, Sys, ThreadStats};
 use crate::epoll::{OutOfFds, ACCEPT_RETRY_MS};
-use crate::handoff::{finish_serve, Inbox, NewConn};
+use crate::handoff::{finish_serve, stop_all_on_error, Inbox, NewConn};
 use crate::server::{Shared, UringOptions};
 use crate::{sys, Backend};
 
@@ -333,7 +333,7 @@ impl Backend for Uring {
                 let tx = tx.clone();
                 let h = std::thread::Builder::new()
                     .name(format!("ringbench-uring-{id}"))
-                    .spawn_scoped(s, move || run_worker(id, this, shared, inbox, tx));
+                    .spawn_scoped(s, move || stop_all_on_error(shared, run_worker(id, this, shared, inbox, tx)));
                 match h {
                     Ok(h) => handles.push(h),
                     Err(e) => {
@@ -816,9 +816,8 @@ impl UWorker<'_, '_> {
                 std::mem::forget(b);
             }
         }
-        if let Err(e) = res {
-            eprintln!("ringbench: uring worker {}: {e}", self.id);
-        }
+        // Every connection has its row; now report the failure (which stops the server).
+        res.map_err(|e| io::Error::new(e.kind(), format!("uring worker {}: {e}", self.id)))?;
         logged?;
         Ok(std::mem::take(&mut self.stats))
     }
