@@ -159,6 +159,11 @@ pub struct ServerArgs {
     #[arg(long, value_name = "BYTES", default_value_t = ringbench_backends::uring::DEFAULT_BUFFER_SIZE_BYTES,
           value_parser = parse_buffer_size)]
     pub uring_buffer_size: usize,
+    /// io_uring: completion-queue entries per worker ring (2 to 1048576; the kernel rounds
+    /// up to a power of two). Small values exercise CQ overflow and a full submission queue.
+    #[arg(long, value_name = "N", default_value_t = ringbench_backends::uring::DEFAULT_CQ_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(2..=1_048_576))]
+    pub uring_cq_entries: u32,
 }
 
 fn parse_buffer_size(s: &str) -> Result<usize, String> {
@@ -310,6 +315,7 @@ fn run_server(a: ServerArgs) -> anyhow::Result<ExitCode> {
             sqpoll: a.sqpoll,
             buffers: a.uring_buffers,
             buffer_size: a.uring_buffer_size,
+            cq_entries: a.uring_cq_entries,
         },
     };
     // Signals are routed to a thread before the server exists, so a SIGTERM that arrives

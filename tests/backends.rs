@@ -322,3 +322,23 @@ fn uring_buffer_ring_exhaustion_loses_nothing() {
     assert!(summary.bufring_empty > 0, "the ring never ran dry: the test did not test ENOBUFS");
     eprintln!("buffer ring ran dry {} times", summary.bufring_empty);
 }
+
+/// io_uring only: rings of 8 entries under 200 connections. The completion queue overflows
+/// (the kernel holds completions back and they are flushed by the next wait) and the
+/// submission queue fills (entries wait in the backlog): nothing is lost or reordered.
+#[test]
+fn uring_cq_overflow_and_full_sq_lose_nothing() {
+    let v = ringbench::variant::Variant::parse("uring").unwrap();
+    let srv = TestServer::start_with(v, |c| {
+        c.workers = 1;
+        c.uring.cq_entries = 8;
+    });
+    let r = client::run(&client_cfg(srv.addr, 200, 20, 3000)).unwrap();
+    assert_ok(&r);
+    srv.wait_settled(200, 0);
+    let (summary, rows) = srv.stop();
+    assert_eq!(rows.len(), 200);
+    assert!(rows.iter().all(|r| r.bytes == 20 * 3000 && r.close_reason == CloseReason::Eof));
+    assert!(summary.cq_overflow > 0, "the CQ never overflowed: the test did not test overflow");
+    eprintln!("CQ full in {} turns", summary.cq_overflow);
+}

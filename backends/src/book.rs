@@ -196,7 +196,8 @@ pub struct ThreadStats {
     pub cqes_reaped: u64,
     /// io_uring only: times the provided-buffer ring ran dry (ENOBUFS) and recv was re-armed.
     pub bufring_empty: u64,
-    /// io_uring only: completions the kernel had to hold back because the CQ ring was full.
+    /// io_uring only: loop turns that found the CQ ring full (the kernel held completions
+    /// back until the next wait; none are lost).
     pub cq_overflow: u64,
 }
 
@@ -211,7 +212,7 @@ impl ThreadStats {
         self.sqes_submitted += o.sqes_submitted;
         self.cqes_reaped += o.cqes_reaped;
         self.bufring_empty += o.bufring_empty;
-        self.cq_overflow = self.cq_overflow.max(o.cq_overflow);
+        self.cq_overflow += o.cq_overflow;
     }
 
     /// Books a finished connection's row into these counters and into `rows`.

@@ -87,6 +87,9 @@ pub struct UringOptions {
     pub buffers: u16,
     /// Bytes per provided buffer (and per connection without a buffer ring).
     pub buffer_size: usize,
+    /// Completion-queue entries per worker ring (its submission queue is at most this
+    /// long too). Small values exercise CQ overflow and a full submission queue.
+    pub cq_entries: u32,
 }
 
 impl Default for UringOptions {
@@ -98,6 +101,7 @@ impl Default for UringOptions {
             sqpoll: false,
             buffers: crate::uring::DEFAULT_BUFFERS,
             buffer_size: crate::uring::DEFAULT_BUFFER_SIZE_BYTES,
+            cq_entries: crate::uring::DEFAULT_CQ_ENTRIES,
         }
     }
 }

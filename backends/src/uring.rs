@@ -82,7 +82,9 @@ pub const PENDING_HIGH_BYTES: usize = 64 * 1024;
 pub const PENDING_LOW_BYTES: usize = 16 * 1024;
 const BUF_GROUP: u16 = 0;
 const SQ_ENTRIES: u32 = 4096;
-const CQ_ENTRIES: u32 = 65_536;
+/// Default completion-queue entries per worker ring: room for a burst from every
+/// connection; beyond it the kernel holds completions back (no drops) until we reap.
+pub const DEFAULT_CQ_ENTRIES: u32 = 65_536;
 /// How long a stopping worker waits for the kernel to return its cancelled requests.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -144,6 +146,7 @@ enum Taskrun {
 /// What the kernel offers and what we use.
 #[derive(Clone, Debug)]
 pub struct Features {
+    cq_entries: u32,
     buffers: u16,
     buffer_size: usize,
     taskrun: Taskrun,
@@ -242,6 +245,7 @@ impl Uring {
         let bufring = opts.bufring && kernel >= (5, 19) && BufRing::new(&ring.submitter(), 8, 64).is_ok();
         let uring = Uring {
             feat: Features {
+                cq_entries: opts.cq_entries,
                 buffers: opts.buffers,
                 buffer_size: opts.buffer_size,
                 taskrun,
@@ -464,7 +468,11 @@ impl<'r> Ring<'r> {
             out.push((c.user_data(), c.result(), c.flags()));
         }
         stats.cqes_reaped += out.len() as u64;
-        stats.cq_overflow = stats.cq_overflow.max(u64::from(self.cq.overflow()));
+        // With IORING_FEAT_NODROP a full CQ loses nothing: the kernel holds completions
+        // back and flags it; the next enter (GETEVENTS) flushes them. Count those turns.
+        if self.sq.cq_overflow() {
+            stats.cq_overflow += 1;
+        }
     }
 }
 
@@ -634,7 +642,8 @@ fn run_worker(
 ) -> io::Result<ThreadStats> {
     let feat = &this.feat;
     let mut stats = ThreadStats::default();
-    let set_up = this.build_ring(SQ_ENTRIES, CQ_ENTRIES).and_then(|raw| {
+    let cq = feat.cq_entries.max(2);
+    let set_up = this.build_ring(SQ_ENTRIES.min(cq), cq).and_then(|raw| {
         // SAFETY: the ring's descriptor is open for as long as `raw` lives, which covers
         // this call; the clone is a new descriptor of our own.
         let target = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw.as_raw_fd()) }.try_clone_to_owned()?;
