@@ -15,6 +15,8 @@
 //! cargo bench --bench echo_roundtrip -- --baseline main
 //! ```
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
@@ -22,9 +24,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use ringbench::backends::{self, ServerConfig, ServerHandle};
+use ringbench::backends::{self, ServerHandle, Variant};
 use ringbench::client::fill_payload;
-use ringbench::variant::Variant;
 
 /// Round trips each connection makes per timed iteration.
 const ROUND_TRIPS_PER_CONN: u64 = 16;
@@ -45,14 +46,10 @@ fn start(v: &Variant) -> ServerHandle {
     if !server_cpus.is_empty() {
         backends::sys::set_affinity(&server_cpus).expect("pin to the server CPUs");
     }
-    let mut cfg = ServerConfig::new(v.kind);
+    let mut cfg = v.config();
     cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.workers = 1;
-    cfg.uring = v.uring.clone();
-    if v.no_coalesce {
-        cfg.coalesce_us = 0;
-    }
-    let server = backends::start(cfg).unwrap_or_else(|e| panic!("{} server: {e}", v.name));
+    let server = backends::start(v.backend, cfg).unwrap_or_else(|e| panic!("{} server: {e}", v.name));
     if !all.is_empty() {
         backends::sys::set_affinity(&all).expect("unpin");
     }
@@ -150,12 +147,4 @@ fn echo_roundtrip(c: &mut Criterion) {
 }
 
 criterion_group!(benches, echo_roundtrip);
-/// criterion_main!, plus the bundled font: criterion draws its HTML report charts with
-/// plotters, which in this build (ab_glyph) has only the fonts we register.
-fn main() {
-    if let Err(e) = ringbench::report::charts::register_bundled_font() {
-        eprintln!("criterion charts will fail: {e:#}");
-    }
-    benches();
-    criterion::Criterion::default().configure_from_args().final_summary();
-}
+main_with_bundled_font!(benches);

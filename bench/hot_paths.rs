@@ -1,20 +1,23 @@
 //! Hot paths measured without the network, each named for what it measures: the work a
 //! change is likely to slow down per request or per connection.
 
+mod common;
+
 use std::net::SocketAddr;
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ringbench::backends::io_uring::IoUring;
 use ringbench::backends::uring::BufRing;
 use ringbench::backends::{CloseReason, ConnMeter, ConnRecord};
-use ringbench::client::{encode_histogram, fill_payload, nearest_rank};
+use ringbench::client::payload::{fill_payload, nearest_rank};
+use ringbench::results::encode_histogram;
 
 /// One per-connection log row: building it and serialising it as CSV.
 fn log_row(c: &mut Criterion) {
     let peer: SocketAddr = "127.0.0.1:45678".parse().unwrap();
     let mut meter = ConnMeter::new(peer, 17);
     for _ in 0..100 {
-        meter.on_read(64);
+        meter.on_read(64, std::time::Instant::now());
     }
     let mut out = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::with_capacity(1 << 20));
     c.bench_function("log_row/finish_and_write_csv", |b| {
@@ -84,11 +87,12 @@ fn bufring(c: &mut Criterion) {
             return;
         }
     };
-    let mut br = BufRing::new(&ring.submitter(), 2048, 4096).expect("register a buffer ring");
+    let br = BufRing::new(&ring.submitter(), 2048, 4096).expect("register a buffer ring");
     let mut bid = 0u16;
     c.bench_function("bufring/recycle_and_publish", |b| {
         b.iter(|| {
-            br.recycle(bid);
+            // A completion hands a buffer over; dropping the handle returns it.
+            drop(br.take(bid));
             br.publish();
             bid = (bid + 1) & 2047;
         })
@@ -96,12 +100,4 @@ fn bufring(c: &mut Criterion) {
 }
 
 criterion_group!(benches, log_row, payload, latency, bufring);
-/// criterion_main!, plus the bundled font: criterion draws its HTML report charts with
-/// plotters, which in this build (ab_glyph) has only the fonts we register.
-fn main() {
-    if let Err(e) = ringbench::report::charts::register_bundled_font() {
-        eprintln!("criterion charts will fail: {e:#}");
-    }
-    benches();
-    criterion::Criterion::default().configure_from_args().final_summary();
-}
+main_with_bundled_font!(benches);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ringbench_backends::{sys, Backend, UringOptions};
+use ringbench_backends::{server, sys, ServerConfig};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -91,8 +91,9 @@ pub fn utc_string(secs: u64) -> String {
 /// The io_uring features the backend would use with default options, or the reason it
 /// cannot run.
 pub fn io_uring_features() -> BTreeMap<String, String> {
-    match ringbench_backends::uring::Uring::probe(&UringOptions::default()) {
-        Ok(u) => u.features().into_iter().collect(),
+    let Some(uring) = server::backend("uring") else { return BTreeMap::new() };
+    match server::features(uring, &ServerConfig::default()) {
+        Ok(f) => f.into_iter().collect(),
         Err(e) => BTreeMap::from([("unavailable".to_string(), e.to_string())]),
     }
 }

@@ -1,5 +1,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    ringbench::cli::main()
+    ringbench::app::main()
 }

@@ -2,22 +2,22 @@
 //! against a fresh server process, backends interleaved within each point so machine drift
 //! hits them alike. Raw files first; the report is then built from them alone.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::net::SocketAddr;
+use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use ringbench_backends::sys;
+use ringbench_backends::{sys, Variant};
 use serde::Serialize;
 
-use crate::report::{self, RunKey};
-use crate::variant::Variant;
+use crate::report;
+use crate::results::{ClientSummary, RunKey};
+use crate::server_proc::{Readiness, ServerProc, Spec};
 
 /// What a sweep runs.
 #[derive(Clone, Debug, Serialize)]
@@ -80,8 +80,8 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&raw).with_context(|| format!("cannot create '{}'", raw.display()))?;
     let settings = serde_json::to_value(cfg)?;
     let env = crate::env::collect(describe_pinning(cfg), settings);
-    crate::cli::write_json(&cfg.out.join("env.json"), &env)?;
-    if variants.iter().any(|v| v.kind == ringbench_backends::BackendKind::Uring) {
+    crate::files::write_json(&cfg.out.join("env.json"), &env)?;
+    if variants.iter().any(|v| v.backend.name == "uring") {
         if let Some(why) = env.io_uring_features.get("unavailable") {
             bail!("{why}");
         }
@@ -156,7 +156,11 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     }
     bar.finish_and_clear();
     eprintln!("ringbench matrix: runs took {:.0} s; building the report", t0.elapsed().as_secs_f64());
-    let points = report::build(&cfg.out, &cfg.backends)?;
+    let built = report::build(&cfg.out, &cfg.backends)?;
+    if let Some(why) = &built.charts_failed {
+        eprintln!("ringbench matrix: charts not drawn: {why}");
+    }
+    let points = built.points;
     let failed = points.iter().filter(|p| !p.ok).count();
     println!("{}", cfg.out.join("summary.md").display());
     eprintln!(
@@ -195,12 +199,8 @@ fn spawn_pinned(cmd: &mut Command, cpus: &[usize]) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid; at worst ESRCH if it already exited.
-    unsafe { libc::kill(child.id() as i32, sig) };
-}
-
-/// Waits for `child` up to `limit`; `None` if it is still running.
+/// Waits for `child` up to `limit`; `None` if it is still running (or the sweep was
+/// interrupted).
 fn wait_for(
     child: &mut Child,
     limit: Duration,
@@ -218,6 +218,9 @@ fn wait_for(
     }
 }
 
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 fn run_one(
     exe: &Path,
     cfg: &MatrixConfig,
@@ -228,52 +231,23 @@ fn run_one(
     let stem = p.key.stem();
     let file = |part: &str| raw.join(format!("{stem}.{part}"));
     let workers = cfg.workers.unwrap_or(cfg.server_cpus.len().max(1));
-    let mut server = Command::new(exe);
-    server
-        .args(["server", "--backend", p.variant.kind.name(), "--bind", "127.0.0.1:0", "--workers"])
-        .arg(workers.to_string())
-        .args(&p.variant.flags)
-        .args(&cfg.server_args)
-        .arg("--log")
-        .arg(file("server.csv"))
-        .arg("--summary-json")
-        .arg(file("server.json"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut server = spawn_pinned(&mut server, &cfg.server_cpus).context("cannot start the server")?;
-    // Readiness: the server prints "listening on ADDR" once its socket listens. The rest
-    // of its stderr (the summary) is copied to a file.
-    let stderr = server.stderr.take().context("server stderr")?;
-    let (tx, rx) = mpsc::channel::<SocketAddr>();
-    let log_path = file("server.log");
-    let copier = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut out = std::fs::File::create(log_path)?;
-        for line in BufReader::new(stderr).lines() {
-            let line = line?;
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                if let Some(addr) = rest.split_whitespace().next().and_then(|a| a.parse().ok()) {
-                    let _ = tx.send(addr);
-                }
-            }
-            writeln!(out, "{line}")?;
-        }
-        Ok(())
-    });
-    let addr = match rx.recv_timeout(Duration::from_secs(10)) {
-        Ok(a) => a,
-        Err(_) => {
-            signal(&server, libc::SIGKILL);
-            let _ = server.wait();
-            let _ = copier.join();
-            bail!("server did not report listening within 10 s (see {})", file("server.log").display());
-        }
-    };
+    let mut args: Vec<String> =
+        ["server", "--backend", &p.variant.name, "--bind", "127.0.0.1:0", "--workers", &workers.to_string()]
+            .map(String::from)
+            .to_vec();
+    args.extend(cfg.server_args.iter().cloned());
+    args.extend(["--log".into(), file("server.csv").display().to_string()]);
+    args.extend(["--summary-json".into(), file("server.json").display().to_string()]);
+    let mut spec = Spec::new(exe, args, Readiness::ListeningLine);
+    spec.cpus = cfg.server_cpus.clone();
+    spec.output_log = Some(file("server.log"));
+    let server = ServerProc::spawn(spec, Duration::from_secs(10))
+        .with_context(|| format!("server not started (see {})", file("server.log").display()))?;
 
     let label = &cfg.label;
     let mut client = Command::new(exe);
     client
-        .args(["client", "--server", &addr.to_string(), "--connections"])
+        .args(["client", "--server", &server.addr().to_string(), "--connections"])
         .arg(p.key.connections.to_string())
         .arg("--requests")
         .arg(cfg.requests.to_string())
@@ -297,20 +271,15 @@ fn run_one(
         Duration::from_secs_f64(60.0 + cfg.timeout_s * 3.0 + cfg.requests as f64 * p.key.connections as f64 / 2000.0);
     let client_status = wait_for(&mut client, limit, interrupted)?;
     if client_status.is_none() {
-        signal(&client, libc::SIGKILL);
+        // SAFETY: kill(2) on our own child's pid; at worst ESRCH if it already exited.
+        unsafe { libc::kill(client.id() as i32, libc::SIGKILL) };
         let _ = client.wait();
     }
     let mut client_err = String::new();
     if let Some(mut e) = client.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut client_err);
     }
-    signal(&server, libc::SIGTERM);
-    let server_status = wait_for(&mut server, Duration::from_secs(10), &AtomicBool::new(false))?;
-    if server_status.is_none() {
-        signal(&server, libc::SIGKILL);
-        let _ = server.wait();
-    }
-    let _ = copier.join();
+    let stopped = server.stop(STOP_GRACE)?;
 
     if interrupted.load(Ordering::Relaxed) {
         // A run cut short is not a measurement: remove its files.
@@ -324,7 +293,7 @@ fn run_one(
         return Ok(RunOutcome::Interrupted);
     }
     if !client_err.trim().is_empty() {
-        std::fs::write(file(&format!("client-{label}.stderr")), &client_err)?;
+        crate::files::write_whole(&file(&format!("client-{label}.stderr")), client_err.as_bytes())?;
     }
     let mut notes = Vec::new();
     match client_status {
@@ -332,12 +301,12 @@ fn run_one(
         Some(st) if !st.success() => notes.push(format!("client exit {}", st.code().unwrap_or(-1))),
         _ => {}
     }
-    match server_status {
-        None => notes.push("server did not stop within 10 s of SIGTERM (killed)".into()),
+    match stopped.status {
+        None => notes.push(format!("server did not stop within {} s of SIGTERM (killed)", STOP_GRACE.as_secs())),
         Some(st) if !st.success() => notes.push(format!("server exit {}", st.code().unwrap_or(-1))),
         _ => {}
     }
-    let summary: Option<crate::client::ClientSummary> =
+    let summary: Option<ClientSummary> =
         std::fs::read_to_string(file(&format!("client-{label}.json"))).ok().and_then(|s| serde_json::from_str(&s).ok());
     let first = client_err.lines().next().unwrap_or("").to_string();
     let text = match summary {

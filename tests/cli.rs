@@ -97,7 +97,7 @@ fn unreachable_server_fails_fast_with_status_1_and_a_csv_row_per_thread() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("0 ok, 3 failed"), "{stdout}");
     assert!(stdout.contains("refused"), "{stdout}");
-    let rows = ringbench::client::read_rows_csv(&csv).unwrap();
+    let rows = ringbench::results::read_rows_csv(&csv).unwrap();
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r.errors == 1 && r.error.contains("refused")));
 }

@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use ringbench::client::{encode_histogram, ClientSummary, ThreadRow};
+use ringbench::report::metrics::{metric, METRICS};
 use ringbench::report::{self, charts};
+use ringbench::results::{encode_histogram, ClientSummary, ThreadRow};
 
 fn row(thread: usize, label: &str, requests: u64, total_s: f64, avg_s: f64, errors: u64) -> ThreadRow {
     ThreadRow {
@@ -30,7 +31,7 @@ fn write_client(raw: &Path, stem: &str, label: &str, rows: &[ThreadRow], through
     for &l in latencies_ns {
         h.record(l).unwrap();
     }
-    ringbench::client::write_rows_csv(&raw.join(format!("{stem}.client-{label}.csv")), rows).unwrap();
+    ringbench::results::write_rows_csv(&raw.join(format!("{stem}.client-{label}.csv")), rows).unwrap();
     let requests: u64 = rows.iter().map(|r| r.requests).sum();
     let s = ClientSummary {
         label: label.into(),
@@ -82,44 +83,49 @@ fn write_server(raw: &Path, stem: &str, backend: &str, connections: u64, cpu_s: 
 fn hand_made_sweep(dir: &Path) {
     let raw = dir.join("raw");
     std::fs::create_dir_all(&raw).unwrap();
-    // epoll r1: durations 1 and 3 s, responses 0.1 and 0.3 s; 20 requests; 1000 req/s.
-    write_client(
-        &raw,
-        "epoll_c2_s64_r1",
-        "a",
-        &[row(0, "a", 10, 1.0, 0.1, 0), row(1, "a", 10, 3.0, 0.3, 0)],
-        1000.0,
-        &[100_000; 20],
-    );
-    write_server(&raw, "epoll_c2_s64_r1", "epoll", 2, 0.002, 42, 2);
-    // epoll r2: durations 2 and 2 s, responses 0.2 s; 2000 req/s.
-    write_client(
-        &raw,
-        "epoll_c2_s64_r2",
-        "a",
-        &[row(0, "a", 10, 2.0, 0.2, 0), row(1, "a", 10, 2.0, 0.2, 0)],
-        2000.0,
-        &[300_000; 20],
-    );
-    write_server(&raw, "epoll_c2_s64_r2", "epoll", 2, 0.004, 40, 2);
-    write_client(
-        &raw,
-        "uring_c2_s64_r1",
-        "a",
-        &[row(0, "a", 10, 1.0, 0.1, 0), row(1, "a", 10, 1.0, 0.1, 0)],
-        4000.0,
-        &[50_000; 20],
-    );
-    write_server(&raw, "uring_c2_s64_r1", "uring", 2, 0.001, 2, 2);
-    write_client(
-        &raw,
-        "uring_c2_s64_r2",
-        "a",
-        &[row(0, "a", 10, 1.0, 0.1, 0), row(1, "a", 9, 1.0, 0.1, 1)],
-        3000.0,
-        &[50_000; 19],
-    );
-    write_server(&raw, "uring_c2_s64_r2", "uring", 2, 0.001, 2, 2);
+    // (run, rows, throughput, latencies, server CPU s, server syscalls)
+    type Run = (&'static str, [ThreadRow; 2], f64, Vec<u64>, f64, u64);
+    let runs: [Run; 4] = [
+        // epoll r1: durations 1 and 3 s, responses 0.1 and 0.3 s; 20 requests; 1000 req/s.
+        (
+            "epoll_c2_s64_r1",
+            [row(0, "a", 10, 1.0, 0.1, 0), row(1, "a", 10, 3.0, 0.3, 0)],
+            1000.0,
+            vec![100_000; 20],
+            0.002,
+            42,
+        ),
+        // epoll r2: durations 2 and 2 s, responses 0.2 s; 2000 req/s.
+        (
+            "epoll_c2_s64_r2",
+            [row(0, "a", 10, 2.0, 0.2, 0), row(1, "a", 10, 2.0, 0.2, 0)],
+            2000.0,
+            vec![300_000; 20],
+            0.004,
+            40,
+        ),
+        (
+            "uring_c2_s64_r1",
+            [row(0, "a", 10, 1.0, 0.1, 0), row(1, "a", 10, 1.0, 0.1, 0)],
+            4000.0,
+            vec![50_000; 20],
+            0.001,
+            2,
+        ),
+        // uring r2 lost a request.
+        (
+            "uring_c2_s64_r2",
+            [row(0, "a", 10, 1.0, 0.1, 0), row(1, "a", 9, 1.0, 0.1, 1)],
+            3000.0,
+            vec![50_000; 19],
+            0.001,
+            2,
+        ),
+    ];
+    for (stem, rows, rps, lat, cpu_s, syscalls) in runs {
+        write_client(&raw, stem, "a", &rows, rps, &lat);
+        write_server(&raw, stem, stem.split('_').next().unwrap(), 2, cpu_s, syscalls, 2);
+    }
 }
 
 fn num(s: &str) -> f64 {
@@ -130,25 +136,10 @@ fn read_overall(dir: &Path) -> Vec<csv::StringRecord> {
     let mut r = csv::Reader::from_path(dir.join("overall.csv")).unwrap();
     let headers = r.headers().unwrap().clone();
     assert_eq!(
-        headers.iter().take(16).collect::<Vec<_>>(),
-        [
-            "backend",
-            "connections",
-            "status",
-            "requests_per_connection",
-            "data_per_connection_bytes",
-            "total_requests",
-            "total_data_bytes",
-            "avg_total_duration_s",
-            "avg_response_time_s",
-            "throughput_rps",
-            "p50_response_us",
-            "p99_response_us",
-            "server_cpu_us_per_request",
-            "server_syscalls_per_request",
-            "errors",
-            "repeats"
-        ]
+        headers.iter().take(16).collect::<Vec<_>>().join(","),
+        "backend,connections,status,requests_per_connection,data_per_connection_bytes,total_requests,\
+         total_data_bytes,avg_total_duration_s,avg_response_time_s,throughput_rps,p50_response_us,p99_response_us,\
+         server_cpu_us_per_request,server_syscalls_per_request,errors,repeats"
     );
     r.records().map(|x| x.unwrap()).collect()
 }
@@ -166,7 +157,7 @@ fn png_size(path: &Path) -> (u32, u32) {
 fn hand_made_raw_dir_gives_the_expected_overall_csv() {
     let dir = tempfile::tempdir().unwrap();
     hand_made_sweep(dir.path());
-    let points = report::build(dir.path(), &[]).unwrap();
+    let points = report::build(dir.path(), &[]).unwrap().points;
     assert_eq!(points.len(), 2);
     let rows = read_overall(dir.path());
     assert_eq!(rows.len(), 2);
@@ -199,8 +190,9 @@ fn charts_decode_as_png_of_the_right_size_and_come_back_after_deletion() {
     hand_made_sweep(dir.path());
     report::build(dir.path(), &[]).unwrap();
     let plots = dir.path().join("plots");
-    for m in charts::METRICS {
-        assert_eq!(png_size(&plots.join(format!("{}.png", m.file))), (charts::WIDTH_PX, charts::HEIGHT_PX));
+    let charted: Vec<_> = METRICS.iter().filter_map(|m| m.chart.as_ref()).collect();
+    for c in &charted {
+        assert_eq!(png_size(&plots.join(format!("{}.png", c.file))), (charts::WIDTH_PX, charts::HEIGHT_PX));
     }
     for name in ["avg_total_duration.png", "avg_response_time.png"] {
         assert!(plots.join(name).exists(), "the seed's two charts: {name}");
@@ -208,7 +200,7 @@ fn charts_decode_as_png_of_the_right_size_and_come_back_after_deletion() {
     std::fs::remove_dir_all(&plots).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ringbench")).arg("report").arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_dir(&plots).unwrap().count(), charts::METRICS.len());
+    assert_eq!(std::fs::read_dir(&plots).unwrap().count(), charted.len());
     assert_eq!(png_size(&plots.join("throughput.png")), (charts::WIDTH_PX, charts::HEIGHT_PX));
 }
 
@@ -221,14 +213,15 @@ fn client_files_from_two_hosts_merge_into_one_point() {
     write_client(&raw, "epoll_c2_s64_r1", "a", &[row(0, "a", 10, 1.0, 0.0001, 0)], 10.0, &[100_000; 10]);
     write_client(&raw, "epoll_c2_s64_r1", "b", &[row(1, "b", 10, 3.0, 0.0003, 0)], 30.0, &[300_000; 10]);
     write_server(&raw, "epoll_c2_s64_r1", "epoll", 2, 0.002, 40, 2);
-    let points = report::build(dir.path(), &[]).unwrap();
+    let points = report::build(dir.path(), &[]).unwrap().points;
     assert_eq!(points.len(), 1);
     let p = &points[0];
     assert!(p.ok, "{:?}", p.problems);
-    assert_eq!(p.avg_total_duration_s.mean, 2.0, "mean over both hosts' threads");
-    assert_eq!(p.throughput_rps.mean, 40.0, "hosts' throughputs add");
-    assert!((p.p99_response_us.mean - 300.0).abs() < 1.0, "merged histogram p99: {}", p.p99_response_us.mean);
-    assert!((p.p50_response_us.mean - 100.0).abs() < 1.0, "merged histogram p50: {}", p.p50_response_us.mean);
+    let mean = |key: &str| p.get(metric(key).unwrap()).unwrap().mean;
+    assert_eq!(mean("avg_total_duration_s"), 2.0, "mean over both hosts' threads");
+    assert_eq!(mean("throughput_rps"), 40.0, "hosts' throughputs add");
+    assert!((mean("p99_response_us") - 300.0).abs() < 1.0, "merged histogram p99: {}", mean("p99_response_us"));
+    assert!((mean("p50_response_us") - 100.0).abs() < 1.0, "merged histogram p50: {}", mean("p50_response_us"));
 }
 
 #[test]

@@ -1,18 +1,15 @@
-//! Bookkeeping shared by every backend: the per-connection log row, the syscall counters,
-//! and the sink that writes rows. Backends differ in how they move bytes, never in what
-//! they record, so a log from `epoll` and one from `uring` can be compared column by column.
+//! Bookkeeping shared by every backend: the per-connection log row, what one connection
+//! counts while it is open, and what one server thread counts. Backends differ in how they
+//! move bytes, never in what they record, so logs from any two backends compare column by
+//! column. (The sink that writes rows is [`crate::log`].)
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, BufWriter};
+use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sys::unix_now_s;
+use crate::sys::{unix_now_s, Syscalls};
 
 /// Why a connection ended. Exactly one reason per connection, in its one log row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -64,7 +61,7 @@ pub struct ConnRecord {
     pub close_reason: CloseReason,
 }
 
-/// The counters one connection carries while it is open; both backends embed it.
+/// The counters one connection carries while it is open; every backend embeds it.
 #[derive(Clone, Debug)]
 pub struct ConnMeter {
     pub peer: SocketAddr,
@@ -72,18 +69,27 @@ pub struct ConnMeter {
     pub opened_unix_s: f64,
     pub bytes: u64,
     pub reads: u64,
+    /// The last time bytes moved either way (for `--idle-timeout`).
+    pub last_active: Instant,
 }
 
 impl ConnMeter {
     pub fn new(peer: SocketAddr, fd: i32) -> Self {
-        ConnMeter { peer, fd, opened_unix_s: unix_now_s(), bytes: 0, reads: 0 }
+        ConnMeter { peer, fd, opened_unix_s: unix_now_s(), bytes: 0, reads: 0, last_active: Instant::now() }
     }
 
-    /// Counts one read that returned `n > 0` bytes.
+    /// Counts one read that returned `n > 0` bytes, at `now`.
     #[inline]
-    pub fn on_read(&mut self, n: usize) {
+    pub fn on_read(&mut self, n: usize, now: Instant) {
         self.reads += 1;
         self.bytes += n as u64;
+        self.last_active = now;
+    }
+
+    /// Bytes moved the other way (an echo went out) at `now`.
+    #[inline]
+    pub fn touch(&mut self, now: Instant) {
+        self.last_active = now;
     }
 
     /// The log row for this connection, closed now for `reason` by `worker`.
@@ -101,88 +107,10 @@ impl ConnMeter {
     }
 }
 
-/// The kinds of syscall the backends make, counted so syscalls per request can be shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sys {
-    Accept,
-    Read,
-    Write,
-    Close,
-    EpollWait,
-    EpollCtl,
-    EventfdWrite,
-    Getpeername,
-    IoUringEnter,
-    IoUringRegister,
-    Nanosleep,
-}
-
-impl Sys {
-    const ALL: [Sys; 11] = [
-        Sys::Accept,
-        Sys::Read,
-        Sys::Write,
-        Sys::Close,
-        Sys::EpollWait,
-        Sys::EpollCtl,
-        Sys::EventfdWrite,
-        Sys::Getpeername,
-        Sys::IoUringEnter,
-        Sys::IoUringRegister,
-        Sys::Nanosleep,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Sys::Accept => "accept4",
-            Sys::Read => "read",
-            Sys::Write => "write",
-            Sys::Close => "close",
-            Sys::EpollWait => "epoll_wait",
-            Sys::EpollCtl => "epoll_ctl",
-            Sys::EventfdWrite => "eventfd_write",
-            Sys::Getpeername => "getpeername",
-            Sys::IoUringEnter => "io_uring_enter",
-            Sys::IoUringRegister => "io_uring_register",
-            Sys::Nanosleep => "clock_nanosleep",
-        }
-    }
-}
-
-/// Per-thread syscall counts: plain integers, merged once at exit, so counting costs an add.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SyscallCounts([u64; Sys::ALL.len()]);
-
-impl SyscallCounts {
-    #[inline]
-    pub fn add(&mut self, kind: Sys) {
-        self.0[kind as usize] += 1;
-    }
-
-    pub fn merge(&mut self, other: &SyscallCounts) {
-        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
-            *a += b;
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
-
-    pub fn get(&self, kind: Sys) -> u64 {
-        self.0[kind as usize]
-    }
-
-    /// Non-zero counts by syscall name.
-    pub fn by_name(&self) -> BTreeMap<String, u64> {
-        Sys::ALL.iter().filter(|k| self.get(**k) > 0).map(|k| (k.name().to_string(), self.get(*k))).collect()
-    }
-}
-
 /// What one server thread did, merged into the summary at exit.
 #[derive(Clone, Debug, Default)]
 pub struct ThreadStats {
-    pub syscalls: SyscallCounts,
+    pub syscalls: Syscalls,
     /// Connections this thread closed (and logged).
     pub connections: u64,
     pub bytes: u64,
@@ -214,110 +142,37 @@ impl ThreadStats {
         self.bufring_empty += o.bufring_empty;
         self.cq_overflow += o.cq_overflow;
     }
-
-    /// Books a finished connection's row into these counters and into `rows`.
-    pub fn record(&mut self, rows: &mut Vec<ConnRecord>, row: ConnRecord) {
-        self.connections += 1;
-        self.bytes += row.bytes;
-        self.reads += row.reads;
-        rows.push(row);
-    }
 }
 
-/// Where log rows go: a CSV file shared by all workers, or nowhere (rows are still counted).
-///
-/// Workers collect rows in a local vector and hand them over once per event-loop turn,
-/// so the lock is taken at most once per turn, not once per connection.
-pub struct ConnLog {
-    writer: Option<Mutex<csv::Writer<BufWriter<File>>>>,
-    rows: AtomicU64,
+/// One server thread's books: its counters, and the log rows it has not yet handed to the
+/// log. Rows are handed over once per event-loop turn ([`crate::log::ConnLog::append`]),
+/// so the log's lock is taken once per turn, not once per connection.
+#[derive(Debug, Default)]
+pub struct ThreadBook {
+    /// The thread's index: the worker number in each row it writes.
+    pub id: usize,
+    pub stats: ThreadStats,
+    pub rows: Vec<ConnRecord>,
 }
 
-impl ConnLog {
-    /// A log that only counts rows.
-    pub fn counting() -> Self {
-        ConnLog { writer: None, rows: AtomicU64::new(0) }
+impl ThreadBook {
+    pub fn new(id: usize) -> ThreadBook {
+        ThreadBook { id, ..ThreadBook::default() }
     }
 
-    /// A CSV log at `path` (created or truncated now, so an unwritable path fails at start).
-    pub fn create(path: &Path) -> io::Result<Self> {
-        let file = File::create(path)?;
-        let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(BufWriter::new(file));
-        w.write_record(["peer", "fd", "worker", "bytes", "reads", "opened_unix_s", "closed_unix_s", "close_reason"])
-            .map_err(io::Error::other)?;
-        Ok(ConnLog { writer: Some(Mutex::new(w)), rows: AtomicU64::new(0) })
+    /// Books the end of a connection: its one log row, closed now for `reason`.
+    pub fn closed(&mut self, meter: &ConnMeter, reason: CloseReason) {
+        self.closed_for(self.id, meter, reason);
     }
 
-    /// Appends `rows` (and empties the vector). A write error is returned, not swallowed:
-    /// losing log rows silently would break the "one row per connection" promise.
-    pub fn append(&self, rows: &mut Vec<ConnRecord>) -> io::Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        self.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
-        if let Some(w) = &self.writer {
-            let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
-            for r in rows.iter() {
-                w.serialize(r).map_err(io::Error::other)?;
-            }
-        }
-        rows.clear();
-        Ok(())
-    }
-
-    /// Rows appended so far.
-    pub fn rows(&self) -> u64 {
-        self.rows.load(Ordering::Relaxed)
-    }
-
-    /// Flushes buffered rows to the file.
-    pub fn flush(&self) -> io::Result<()> {
-        if let Some(w) = &self.writer {
-            w.lock().unwrap_or_else(|p| p.into_inner()).flush()?;
-        }
-        Ok(())
-    }
-}
-
-/// Reads a per-connection log back (tests and the report use it).
-pub fn read_log(path: &Path) -> io::Result<Vec<ConnRecord>> {
-    let mut r = csv::Reader::from_path(path).map_err(io::Error::other)?;
-    r.deserialize().map(|row| row.map_err(io::Error::other)).collect()
-}
-
-/// Event coalescing, the same policy for every backend: when a worker holds many
-/// connections but its last wait returned only a few events, it lets events gather for a
-/// short while before waiting again, so one wake-up serves many requests.
-///
-/// Under closed-loop load with hundreds of connections a server pinned to its own CPU is
-/// otherwise woken for almost every request (about one `epoll_wait` per request), which
-/// costs a syscall, a context switch and an IPI to the client's CPU each time. Gathering
-/// for ~100 µs cuts that to a few per hundred requests and, measured here, raises
-/// throughput too. With few connections it never engages, so single-connection latency is
-/// untouched. `--coalesce-us 0` turns it off.
-///
-/// The backends differ only in how they wait: epoll must sleep (`clock_nanosleep`, counted)
-/// and then `epoll_wait`; io_uring waits for `want` completions *or* the timeout in one
-/// `io_uring_enter`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Coalesce {
-    pub wait_us: u32,
-}
-
-impl Coalesce {
-    /// Below this many open connections a worker never waits for more events.
-    pub const MIN_OPEN: usize = 64;
-    /// The most events worth waiting for.
-    pub const MAX_WANT: usize = 64;
-
-    /// How many events a worker with `open` connections should gather before it serves
-    /// them; 1 means "serve whatever is ready now".
-    #[inline]
-    pub fn want(self, open: usize) -> usize {
-        if self.wait_us == 0 || open < Self::MIN_OPEN {
-            1
-        } else {
-            (open / 8).clamp(2, Self::MAX_WANT)
-        }
+    /// As [`closed`](Self::closed), for a connection that was meant for `worker` (the
+    /// acceptor books connections it turns away, or that never reached their worker).
+    pub fn closed_for(&mut self, worker: usize, meter: &ConnMeter, reason: CloseReason) {
+        let row = meter.finish(worker, reason);
+        self.stats.connections += 1;
+        self.stats.rejected += u64::from(reason == CloseReason::Rejected);
+        self.stats.bytes += row.bytes;
+        self.stats.reads += row.reads;
+        self.rows.push(row);
     }
 }

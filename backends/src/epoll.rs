@@ -17,201 +17,93 @@
 //!   read is slowed by TCP flow control instead of filling the server's memory.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
 
-use crate::book::{CloseReason, ConnMeter, ConnRecord, Sys, SyscallCounts, ThreadStats};
-use crate::handoff::{finish_serve, stop_all_on_error, Inbox, NewConn};
-use crate::server::Shared;
-use crate::{sys, Backend};
+use crate::accept::{readiness_loop, Router};
+use crate::backend::Backend;
+use crate::book::{CloseReason, ConnMeter, ThreadBook, ThreadStats};
+use crate::config::ServerConfig;
+use crate::handoff::{Inbox, NewConn};
+use crate::notice::Notice;
+use crate::shared::Shared;
+use crate::sys::{self, Epoll, Event, Events, Interest, Syscalls, Token};
+use crate::table::{ConnTable, Key, Tracked};
+use crate::worker::{serve_with_workers, IdleTick};
 
 /// Bytes read per `read` call; also the most a connection can have pending.
 pub const READ_BUF_BYTES: usize = 64 * 1024;
 /// Events fetched per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 1024;
-/// How long the acceptor waits before retrying after running out of descriptors.
-pub const ACCEPT_RETRY_MS: i32 = 10;
 /// A pending buffer larger than this is freed once drained, so a burst does not pin
 /// memory for the rest of a connection's life.
 const KEEP_PENDING_CAPACITY_BYTES: usize = 16 * 1024;
 
-const TOKEN_STOP: u64 = u64::MAX;
-const TOKEN_WAKE: u64 = u64::MAX - 1;
-const TOKEN_LISTENER: u64 = 0;
+// Connection tokens are packed keys, whose top byte is always zero.
+const TOKEN_STOP: Token = Token(u64::MAX);
+const TOKEN_WAKE: Token = Token(u64::MAX - 1);
 
 /// The epoll backend.
-pub struct Epoll;
+pub struct EpollBackend;
 
-impl Backend for Epoll {
-    fn name(&self) -> &'static str {
-        "epoll"
-    }
+/// Builds the backend (the registry's constructor): nothing to probe.
+pub fn build(_cfg: &ServerConfig) -> io::Result<Box<dyn Backend>> {
+    Ok(Box::new(EpollBackend))
+}
 
+impl Backend for EpollBackend {
     fn serve(self: Box<Self>, listener: OwnedFd, shared: &Shared) -> io::Result<Vec<ThreadStats>> {
-        let inboxes: Vec<Inbox> = (0..shared.workers).map(|_| Inbox::default()).collect();
-        // Each worker's doorbell: an eventfd the acceptor writes when its queue was empty.
-        let doorbells = (0..shared.workers).map(|_| sys::eventfd()).collect::<io::Result<Vec<_>>>()?;
-        // Workers are set up here, before anything is accepted: set up on their own threads
-        // they raced the acceptor, which could take the last descriptors first and leave a
-        // worker without its epoll instance (seen under a 64-descriptor limit).
-        let workers = inboxes
-            .iter()
-            .zip(&doorbells)
-            .enumerate()
-            .map(|(id, (inbox, bell))| Worker::new(id, shared, inbox, bell))
-            .collect::<io::Result<Vec<_>>>()?;
-        std::thread::scope(|s| {
-            let mut handles = Vec::with_capacity(workers.len());
-            for w in workers {
-                let h = std::thread::Builder::new()
-                    .name(format!("ringbench-epoll-{}", w.id))
-                    .spawn_scoped(s, move || stop_all_on_error(shared, w.run()));
-                match h {
-                    Ok(h) => handles.push(h),
-                    Err(e) => {
-                        shared.stop.trigger();
-                        return Err(e);
+        serve_with_workers(
+            shared,
+            "epoll",
+            |_| Setup::new(shared),
+            |setup, inbox, book| Worker::new(setup, shared, inbox, book).run(),
+            |inboxes, bells: Vec<Arc<OwnedFd>>, book| {
+                let mut router = Router::new(shared, inboxes);
+                readiness_loop(&listener, &mut router, book, libc::SOCK_NONBLOCK, |router, fd, peer, book| {
+                    if let Some(w) = router.route(fd, peer, book) {
+                        book.stats.syscalls.signal_eventfd(bells[w].as_fd())?;
                     }
-                }
-            }
-            let accepted = accept_loop(&listener, shared, &inboxes, &doorbells);
-            // No more connections: new clients are refused rather than left in the queue.
-            drop(listener);
-            finish_serve(shared, accepted, handles, &inboxes)
-        })
+                    Ok(())
+                })
+            },
+        )
     }
 }
 
-/// The acceptor: level-triggered epoll on the listening socket and the stop signal.
-/// Accepts until EAGAIN each time the socket is ready and deals connections round-robin.
-fn accept_loop(
-    listener: &OwnedFd,
-    shared: &Shared,
-    inboxes: &[Inbox],
-    doorbells: &[OwnedFd],
-) -> io::Result<ThreadStats> {
-    let mut st = ThreadStats::default();
-    let mut rows: Vec<ConnRecord> = Vec::new();
-    let ep = sys::epoll_create()?;
-    sys::epoll_ctl(ep.as_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), libc::EPOLLIN as u32, TOKEN_LISTENER)?;
-    sys::epoll_ctl(ep.as_fd(), libc::EPOLL_CTL_ADD, shared.stop.fd().as_raw_fd(), libc::EPOLLIN as u32, TOKEN_STOP)?;
-    st.syscalls.add(Sys::EpollCtl);
-    st.syscalls.add(Sys::EpollCtl);
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 2];
-    let mut next = 0usize;
-    shared.mark_ready();
-    let mut out_of_fds = OutOfFds::default();
-    loop {
-        let timeout = if out_of_fds.active { ACCEPT_RETRY_MS } else { -1 };
-        st.syscalls.add(Sys::EpollWait);
-        match sys::epoll_wait(ep.as_fd(), &mut events, timeout) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-        if shared.stop.is_set() {
-            break;
-        }
-        if out_of_fds.active {
-            // Listen again; if descriptors are still short the next accept says so.
-            st.syscalls.add(Sys::EpollCtl);
-            sys::epoll_ctl(
-                ep.as_fd(),
-                libc::EPOLL_CTL_MOD,
-                listener.as_raw_fd(),
-                libc::EPOLLIN as u32,
-                TOKEN_LISTENER,
-            )?;
-        }
-        loop {
-            st.syscalls.add(Sys::Accept);
-            match sys::accept4(listener.as_fd()) {
-                Ok((fd, peer)) => {
-                    out_of_fds.recovered();
-                    let meter = ConnMeter::new(peer, fd.as_raw_fd());
-                    let id = next % inboxes.len();
-                    next = next.wrapping_add(1);
-                    if !shared.admit() {
-                        st.rejected += 1;
-                        st.record(&mut rows, meter.finish(id, CloseReason::Rejected));
-                        drop(fd);
-                        st.syscalls.add(Sys::Close);
-                        continue;
-                    }
-                    shared.open.fetch_add(1, Ordering::Relaxed);
-                    if inboxes[id].push(NewConn { fd, meter }) {
-                        st.syscalls.add(Sys::EventfdWrite);
-                        sys::eventfd_signal(doorbells[id].as_fd())?;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
-                {
-                    // Out of descriptors (or kernel memory). The listen queue keeps the
-                    // waiting clients; stop watching the socket (level-triggered, it would
-                    // wake us at once, forever) and retry after a short sleep.
-                    st.accept_fd_exhausted += 1;
-                    out_of_fds.hit(&e, shared.open.load(Ordering::Relaxed));
-                    st.syscalls.add(Sys::EpollCtl);
-                    sys::epoll_ctl(ep.as_fd(), libc::EPOLL_CTL_MOD, listener.as_raw_fd(), 0, TOKEN_LISTENER)?;
-                    break;
-                }
-                // The client gave up between SYN and accept, or a signal: keep accepting.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM)
-                    ) => {}
-                Err(e) => return Err(io::Error::new(e.kind(), format!("accept failed: {e}"))),
-            }
-        }
-        shared.log.append(&mut rows)?;
-    }
-    shared.log.append(&mut rows)?;
-    Ok(st)
+/// What a worker sets up on its own thread: its epoll with the stop signal and its
+/// doorbell registered.
+struct Setup {
+    ep: Epoll,
+    bell: Arc<OwnedFd>,
+    sc: Syscalls,
 }
 
-/// Reports running out of descriptors once per episode instead of once per attempt.
-///
-/// Near the limit the acceptor flaps: one descriptor frees up, one accept succeeds, the
-/// next fails again. An episode therefore only ends after a second with no failure, so a
-/// flapping server reports once, not once per freed descriptor.
-#[derive(Default)]
-pub struct OutOfFds {
-    /// Accepting is paused (the acceptor retries every [`ACCEPT_RETRY_MS`]).
-    pub active: bool,
-    reported: bool,
-    attempts: u64,
-    last_hit: Option<Instant>,
+impl Setup {
+    fn new(shared: &Shared) -> io::Result<(Setup, Arc<OwnedFd>)> {
+        let mut sc = Syscalls::default();
+        let ep = Epoll::new()?;
+        let bell = Arc::new(sys::eventfd()?);
+        // The stop signal is level-triggered: once set, every wait returns at once. The
+        // doorbell is edge-triggered and never read: each write is a new edge, so its
+        // counter never needs resetting (it would take 2^64 wake-ups to saturate), and a
+        // read would cost a syscall per batch of arrivals.
+        ep.add(&mut sc, shared.stop.fd(), Interest::READ, TOKEN_STOP)?;
+        ep.add(&mut sc, bell.as_fd(), Interest::READ_EDGE, TOKEN_WAKE)?;
+        Ok((Setup { ep, bell: Arc::clone(&bell), sc }, bell))
+    }
 }
 
-impl OutOfFds {
-    const QUIET: Duration = Duration::from_secs(1);
-
-    pub fn hit(&mut self, e: &io::Error, open: usize) {
-        self.attempts += 1;
-        self.active = true;
-        self.last_hit = Some(Instant::now());
-        if !self.reported {
-            self.reported = true;
-            eprintln!(
-                "ringbench: accept failed: {e}; still serving the {open} open connections, \
-                 retrying every {ACCEPT_RETRY_MS} ms (reported once; raise the limit with ulimit -n)"
-            );
-        }
-    }
-
-    /// A connection was accepted.
-    pub fn recovered(&mut self) {
-        self.active = false;
-        if self.reported && self.last_hit.is_some_and(|t| t.elapsed() >= Self::QUIET) {
-            eprintln!("ringbench: accepting again after {} failed attempts", self.attempts);
-            self.reported = false;
-            self.attempts = 0;
-        }
-    }
+/// Whether a connection may have unread data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Input {
+    /// Everything readable has been read; the next edge will say when more arrives.
+    Drained,
+    /// The last edge said there may be data we have not read.
+    Readable,
+    /// The peer half-closed: no further edge will come, so read until 0.
+    PeerClosed,
 }
 
 /// One connection as an epoll worker holds it.
@@ -221,11 +113,13 @@ struct Conn {
     /// Echo bytes the socket would not take yet; sent from `sent` on at the next EPOLLOUT.
     pending: Vec<u8>,
     sent: usize,
-    /// The last readiness edge said there may be data we have not read.
-    readable: bool,
-    /// The peer half-closed: no further edge will come, so read until 0.
-    peer_closed: bool,
-    last_active: Instant,
+    input: Input,
+}
+
+impl Tracked for Conn {
+    fn meter(&self) -> &ConnMeter {
+        &self.meter
+    }
 }
 
 impl Conn {
@@ -233,15 +127,18 @@ impl Conn {
         self.sent < self.pending.len()
     }
 
+    /// Notes what an edge reported.
+    fn on_edge(&mut self, ev: &Event) {
+        if ev.peer_closed() {
+            self.input = Input::PeerClosed;
+        } else if ev.readable() && self.input == Input::Drained {
+            self.input = Input::Readable;
+        }
+    }
+
     /// Does what the connection's readiness allows: first flush what is pending, then, if
     /// nothing is pending, read and echo. `Some(reason)` means the connection is over.
-    fn pump(
-        &mut self,
-        can_write: bool,
-        scratch: &mut [u8],
-        sc: &mut SyscallCounts,
-        now: Instant,
-    ) -> Option<CloseReason> {
+    fn pump(&mut self, can_write: bool, scratch: &mut [u8], sc: &mut Syscalls, now: Instant) -> Option<CloseReason> {
         if self.has_pending() {
             if !can_write {
                 return None;
@@ -253,44 +150,35 @@ impl Conn {
                 return None;
             }
         }
-        if !self.readable {
-            return None;
-        }
-        loop {
-            sc.add(Sys::Read);
-            match sys::read(self.fd.as_fd(), scratch) {
+        while self.input != Input::Drained {
+            match sc.read(self.fd.as_fd(), scratch) {
                 Ok(0) => return Some(CloseReason::Eof),
                 Ok(n) => {
-                    self.meter.on_read(n);
-                    self.last_active = now;
+                    self.meter.on_read(n, now);
                     match self.echo(&scratch[..n], sc) {
                         Err(r) => return Some(r),
                         // The socket is full: stop reading until it drains.
                         Ok(true) => return None,
                         Ok(false) => {}
                     }
-                    if n < scratch.len() && !self.peer_closed {
-                        self.readable = false;
-                        return None;
+                    if n < scratch.len() && self.input == Input::Readable {
+                        self.input = Input::Drained;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.readable = false;
-                    return None;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.input = Input::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Some(CloseReason::from_error(&e)),
             }
         }
+        None
     }
 
     /// Writes `data`; what the socket does not take is kept in `pending`. Returns whether
     /// anything was kept.
-    fn echo(&mut self, data: &[u8], sc: &mut SyscallCounts) -> Result<bool, CloseReason> {
+    fn echo(&mut self, data: &[u8], sc: &mut Syscalls) -> Result<bool, CloseReason> {
         let mut off = 0;
         loop {
-            sc.add(Sys::Write);
-            match sys::write(self.fd.as_fd(), &data[off..]) {
+            match sc.write(self.fd.as_fd(), &data[off..]) {
                 Ok(m) => {
                     off += m;
                     if off == data.len() {
@@ -312,14 +200,14 @@ impl Conn {
     }
 
     /// Sends pending bytes, in order, until done or the socket is full again.
-    fn flush(&mut self, sc: &mut SyscallCounts, now: Instant) -> Result<(), CloseReason> {
+    fn flush(&mut self, sc: &mut Syscalls, now: Instant) -> Result<(), CloseReason> {
         while self.has_pending() {
-            sc.add(Sys::Write);
-            match sys::write(self.fd.as_fd(), &self.pending[self.sent..]) {
+            match sc.write(self.fd.as_fd(), &self.pending[self.sent..]) {
                 Ok(m) => {
                     self.sent += m;
-                    self.last_active = now;
+                    self.meter.touch(now);
                     if self.has_pending() {
+                        // Short: the socket is full again; the next EPOLLOUT edge resumes.
                         return Ok(());
                     }
                 }
@@ -338,183 +226,119 @@ impl Conn {
 }
 
 struct Worker<'a> {
-    id: usize,
-    ep: OwnedFd,
+    ep: Epoll,
+    /// Keeps the doorbell open for as long as it is registered.
+    _bell: Arc<OwnedFd>,
     shared: &'a Shared,
     inbox: &'a Inbox,
-    conns: Vec<Option<Conn>>,
-    free: Vec<usize>,
-    /// Connections held now (slots in use).
-    open: usize,
+    conns: ConnTable<Conn>,
     scratch: Box<[u8]>,
-    stats: ThreadStats,
-    rows: Vec<ConnRecord>,
+    book: ThreadBook,
 }
 
 impl<'a> Worker<'a> {
-    fn new(id: usize, shared: &'a Shared, inbox: &'a Inbox, doorbell: &'a OwnedFd) -> io::Result<Self> {
-        let ep = sys::epoll_create()?;
-        // The stop signal is level-triggered: once set, every wait returns at once.
-        sys::epoll_ctl(
-            ep.as_fd(),
-            libc::EPOLL_CTL_ADD,
-            shared.stop.fd().as_raw_fd(),
-            libc::EPOLLIN as u32,
-            TOKEN_STOP,
-        )?;
-        sys::epoll_ctl(
-            ep.as_fd(),
-            libc::EPOLL_CTL_ADD,
-            doorbell.as_raw_fd(),
-            (libc::EPOLLIN | libc::EPOLLET) as u32,
-            TOKEN_WAKE,
-        )?;
-        let mut stats = ThreadStats::default();
-        stats.syscalls.add(Sys::EpollCtl);
-        stats.syscalls.add(Sys::EpollCtl);
-        Ok(Worker {
-            id,
-            ep,
+    fn new(setup: Setup, shared: &'a Shared, inbox: &'a Inbox, mut book: ThreadBook) -> Worker<'a> {
+        book.stats.syscalls.merge(&setup.sc);
+        Worker {
+            ep: setup.ep,
+            _bell: setup.bell,
             shared,
             inbox,
-            conns: Vec::new(),
-            free: Vec::new(),
-            open: 0,
+            conns: ConnTable::default(),
             scratch: vec![0u8; READ_BUF_BYTES].into_boxed_slice(),
-            stats,
-            rows: Vec::new(),
-        })
+            book,
+        }
     }
 
-    fn run(mut self) -> io::Result<ThreadStats> {
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+    fn run(mut self) -> io::Result<ThreadBook> {
+        let served = self.serve();
+        self.shut_down();
+        served.map(|()| self.book)
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_PER_WAIT);
         let mut arrivals = Vec::new();
-        let idle = self.shared.cfg.idle_timeout;
-        // With an idle timeout, wake a few times per timeout period to look for idle
-        // connections; without one, sleep until something happens.
-        let tick_ms = idle.map_or(-1, |d| (d.as_millis() / 4).clamp(10, 1000) as i32);
-        let mut last_scan = Instant::now();
-        let coalesce = self.shared.coalesce();
+        let mut idle = IdleTick::new(self.shared.cfg.idle_timeout);
+        let coalesce = self.shared.cfg.coalesce();
         loop {
-            self.stats.syscalls.add(Sys::EpollWait);
-            let n = match sys::epoll_wait(self.ep.as_fd(), &mut events, tick_ms) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-                Err(e) => return Err(e),
-            };
+            let n = self.ep.wait(&mut self.book.stats.syscalls, &mut events, idle.as_ref().map(IdleTick::every))?;
             let now = Instant::now();
             let mut woken = false;
-            for ev in &events[..n] {
-                let (token, mask) = (ev.u64, ev.events);
-                match token {
+            for ev in events.iter() {
+                match ev.token {
                     TOKEN_STOP => {}
                     TOKEN_WAKE => woken = true,
-                    idx => self.on_event(idx as usize, mask, now),
+                    Token(t) => self.on_event(Key::unpack(t), &ev, now),
                 }
             }
             if self.shared.stop.is_set() {
-                break;
+                return Ok(());
             }
             // New connections are adopted after the batch, so a slot freed in this batch
             // is never reused while an event for its old connection is still unread.
             if woken {
-                // No read of the eventfd: registered edge-triggered, every signal is a new
-                // edge, so its counter never needs resetting (it would take 2^64 wake-ups
-                // to saturate), and the read would cost a syscall per batch of arrivals.
                 self.inbox.take(&mut arrivals);
                 for c in arrivals.drain(..) {
-                    self.adopt(c, now)?;
+                    self.adopt(c);
                 }
             }
-            if let Some(limit) = idle {
-                if now.duration_since(last_scan) >= Duration::from_millis(tick_ms as u64) {
-                    last_scan = now;
-                    self.close_idle(now, limit);
+            if let Some(limit) = idle.as_mut().and_then(|t| t.due(now)) {
+                for key in self.conns.idle_keys(now, limit) {
+                    self.close(key, CloseReason::Timeout);
                 }
             }
-            self.shared.log.append(&mut self.rows)?;
-            if n > 0 && n < coalesce.want(self.open) {
-                self.stats.syscalls.add(Sys::Nanosleep);
-                std::thread::sleep(Duration::from_micros(u64::from(coalesce.wait_us)));
+            self.shared.write_rows(&mut self.book);
+            if n > 0 && n < coalesce.want(self.conns.len()) {
+                self.book.stats.syscalls.sleep(coalesce.window());
             }
         }
-        // Shutdown: close every connection we hold and everything still queued for us.
-        for idx in 0..self.conns.len() {
-            if self.conns[idx].is_some() {
-                self.close(idx, CloseReason::Shutdown);
-            }
-        }
-        self.inbox.close_leftovers(self.id, &mut self.stats, &mut self.rows);
-        self.shared.log.append(&mut self.rows)?;
-        Ok(self.stats)
     }
 
-    fn adopt(&mut self, c: NewConn, now: Instant) -> io::Result<()> {
-        let idx = self.free.pop().unwrap_or_else(|| {
-            self.conns.push(None);
-            self.conns.len() - 1
-        });
-        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
-        self.stats.syscalls.add(Sys::EpollCtl);
-        if let Err(e) = sys::epoll_ctl(self.ep.as_fd(), libc::EPOLL_CTL_ADD, c.fd.as_raw_fd(), events, idx as u64) {
+    /// Closes every connection held and everything still queued, one row each. On an
+    /// abort the descriptors are left to the process exit: only the rows matter then.
+    fn shut_down(&mut self) {
+        let abort = self.shared.stop.is_abort();
+        for key in self.conns.keys() {
+            if let Some(c) = self.conns.close(key, CloseReason::Shutdown, &mut self.book, self.shared) {
+                if abort {
+                    std::mem::forget(c.fd);
+                } else {
+                    self.book.stats.syscalls.close(c.fd);
+                }
+            }
+        }
+        self.inbox.close_leftovers(self.book.id, &mut self.book, self.shared);
+        self.shared.write_rows(&mut self.book);
+    }
+
+    fn adopt(&mut self, c: NewConn) {
+        let NewConn { fd, meter } = c;
+        let key = self.conns.insert_with(|_| Conn { fd, meter, pending: Vec::new(), sent: 0, input: Input::Drained });
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        // Data that arrived before registration is reported by the ADD itself (epoll
+        // checks readiness when a file is added), so nothing is missed here.
+        let added = self.ep.add(&mut self.book.stats.syscalls, conn.fd.as_fd(), Interest::CONN_EDGE, Token(key.pack()));
+        if let Err(e) = added {
             // Registration failed (kernel memory): the connection cannot be served, but it
             // still gets its row.
-            self.free.push(idx);
-            self.stats.record(&mut self.rows, c.meter.finish(self.id, CloseReason::Error));
-            self.shared.open.fetch_sub(1, Ordering::Relaxed);
-            self.stats.syscalls.add(Sys::Close);
-            eprintln!("ringbench: epoll_ctl(ADD) failed for a new connection: {e}");
-            return Ok(());
-        }
-        // Data that arrived before registration is reported by the ADD itself (epoll checks
-        // readiness when a file is added), so nothing is missed here.
-        self.open += 1;
-        self.conns[idx] = Some(Conn {
-            fd: c.fd,
-            meter: c.meter,
-            pending: Vec::new(),
-            sent: 0,
-            readable: false,
-            peer_closed: false,
-            last_active: now,
-        });
-        Ok(())
-    }
-
-    fn on_event(&mut self, idx: usize, mask: u32, now: Instant) {
-        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
-            return;
-        };
-        let hup = (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32;
-        if mask & (libc::EPOLLIN as u32 | libc::EPOLLERR as u32 | hup) != 0 {
-            conn.readable = true;
-        }
-        if mask & hup != 0 {
-            conn.peer_closed = true;
-        }
-        let can_write = mask & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
-        if let Some(reason) = conn.pump(can_write, &mut self.scratch, &mut self.stats.syscalls, now) {
-            self.close(idx, reason);
+            self.shared.notify(Notice::RegisterFailed { error: format!("epoll_ctl(ADD): {e}") });
+            self.close(key, CloseReason::Error);
         }
     }
 
-    fn close_idle(&mut self, now: Instant, limit: Duration) {
-        for idx in 0..self.conns.len() {
-            if self.conns[idx].as_ref().is_some_and(|c| now.duration_since(c.last_active) >= limit) {
-                self.close(idx, CloseReason::Timeout);
-            }
+    fn on_event(&mut self, key: Key, ev: &Event, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.on_edge(ev);
+        if let Some(reason) = conn.pump(ev.writable(), &mut self.scratch, &mut self.book.stats.syscalls, now) {
+            self.close(key, reason);
         }
     }
 
-    fn close(&mut self, idx: usize, reason: CloseReason) {
-        if let Some(conn) = self.conns[idx].take() {
-            self.free.push(idx);
-            self.open -= 1;
-            self.stats.record(&mut self.rows, conn.meter.finish(self.id, reason));
+    fn close(&mut self, key: Key, reason: CloseReason) {
+        if let Some(conn) = self.conns.close(key, reason, &mut self.book, self.shared) {
             // Closing removes the descriptor from the epoll set as well.
-            drop(conn.fd);
-            self.stats.syscalls.add(Sys::Close);
-            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            self.book.stats.syscalls.close(conn.fd);
         }
     }
 }

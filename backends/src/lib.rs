@@ -1,47 +1,54 @@
 //! The echo-server backends of ringbench behind one trait.
 //!
-//! Both backends have the same shape, so the comparison is between kernel interfaces and
-//! not between designs: one acceptor thread and N workers, each worker owning its own
-//! event source (an epoll instance, or an io_uring) and every connection it is handed.
+//! Every backend has the same contract — one log row per connection, syscalls counted by
+//! kind, `--idle-timeout`, `--max-conns`, an orderly stop — so a comparison is between
+//! kernel interfaces, not between designs:
 //!
 //! - [`epoll`]: edge-triggered, worker-per-epoll; each connection registered once.
 //! - [`uring`]: worker-per-ring io_uring with multishot accept and receive, provided buffer
 //!   rings and deferred task running, each feature detected at start with a fallback.
 //!
-//! What a backend records (one [`ConnRecord`] per connection, syscall counts, the summary)
-//! is shared code in [`book`], so the two logs compare column by column.
+//! # Layers
+//! Dependencies point one way, from the bottom up (checked by `tests/architecture.rs`):
+//!
+//! 1. [`sys`] — every raw syscall; a typed [`sys::Epoll`]; [`sys::Syscalls`], which makes
+//!    the calls and counts them.
+//! 2. [`book`] — what a connection and a thread record; [`notice`] — what the server tells
+//!    its operator, as data; [`log`] — the per-connection CSV.
+//! 3. [`config`] — what a run is configured by, and the feature switches; [`shared`] —
+//!    state every thread of a server shares.
+//! 4. Shared serving parts: [`accept`] (errno classes, out-of-descriptor pauses, the one
+//!    accept-and-route path), [`handoff`] (worker queues), [`table`] (a worker's
+//!    connections and their close bookkeeping), [`worker`] (start-up and shutdown of
+//!    workers, the idle tick), and the [`Backend`] trait.
+//! 5. The backends: [`epoll`], [`uring`]. None imports another.
+//! 6. [`server`] — the registry of backends, start and stop, the summary — and
+//!    [`variant`], names for backends with switches.
 
+pub mod accept;
+mod backend;
 pub mod book;
+pub mod config;
 pub mod epoll;
-mod handoff;
-mod server;
+pub mod handoff;
+pub mod log;
+pub mod notice;
+pub mod server;
+pub mod shared;
 pub mod sys;
+pub mod table;
 pub mod uring;
+pub mod variant;
+pub mod worker;
 
-pub use book::{read_log, CloseReason, Coalesce, ConnLog, ConnMeter, ConnRecord, Sys, SyscallCounts, ThreadStats};
-/// The io_uring crate, for callers of [`uring::BufRing`].
+pub use backend::Backend;
+pub use book::{CloseReason, ConnMeter, ConnRecord, ThreadBook, ThreadStats};
+pub use config::{Coalesce, ServerConfig, UringOptions, DEFAULT_COALESCE_US, SWITCHES};
+/// The io-uring crate, for callers of [`uring::BufRing`].
 pub use io_uring;
-pub use server::{
-    start, BackendKind, ServerConfig, ServerHandle, ServerSummary, Shared, StopSignal, UringOptions,
-    DEFAULT_COALESCE_US,
-};
-
-use std::io;
-use std::os::fd::OwnedFd;
-
-/// A way of serving echo connections. Implementations receive a bound, listening,
-/// non-blocking socket and serve it until [`Shared::stop`] fires, then close every
-/// connection (one log row each) and return the per-thread counters.
-pub trait Backend: Send {
-    /// The name used on the command line and in every report (`epoll`, `uring`).
-    fn name(&self) -> &'static str;
-
-    /// Serves `listener` until stopped. Runs on the caller's thread (it becomes the
-    /// acceptor) and spawns the workers itself.
-    fn serve(self: Box<Self>, listener: OwnedFd, shared: &Shared) -> io::Result<Vec<ThreadStats>>;
-
-    /// Which optional kernel features this backend ended up using, for the summary.
-    fn features(&self) -> Vec<(String, String)> {
-        Vec::new()
-    }
-}
+pub use log::{read_log, ConnLog};
+pub use notice::{Notice, NoticeSink};
+pub use server::{backend, start, Registered, ServerHandle, ServerSummary, BACKENDS};
+pub use shared::{Shared, StopSignal};
+pub use sys::{Sys, Syscalls};
+pub use variant::Variant;

@@ -1,223 +1,59 @@
-//! Starting and stopping a server, whatever the backend: binding, the open-file limit,
-//! the stop signal, the log, and the summary printed at exit.
+//! The top of the crate: the registry of backends, and starting and stopping a server,
+//! whatever the backend — binding, the open-file limit, the log, and the summary.
+//!
+//! This is the only module that knows every backend. Adding one is a module (a file or
+//! a folder) with a `build` function, and one line in [`BACKENDS`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::book::{Coalesce, ConnLog, ThreadStats};
+use crate::backend::Backend;
+use crate::book::ThreadStats;
+use crate::config::{ServerConfig, LISTEN_BACKLOG};
+use crate::log::ConnLog;
+use crate::notice::Notice;
+use crate::shared::Shared;
 use crate::sys;
-use crate::Backend;
 
-/// The listen backlog we ask for. The kernel caps it at `net.core.somaxconn` (4096 by
-/// default on current kernels); asking for more costs nothing and helps where it is raised.
-pub const LISTEN_BACKLOG: i32 = 65_535;
-
-/// The default event-coalescing window (see [`Coalesce`](crate::Coalesce)), chosen by measurement: the
-/// README's table shows syscalls, CPU and latency with and without it.
-pub const DEFAULT_COALESCE_US: u32 = 200;
-
-/// The backends a server can run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    Epoll,
-    Uring,
-}
-
-impl BackendKind {
-    pub const ALL: [BackendKind; 2] = [BackendKind::Epoll, BackendKind::Uring];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Epoll => "epoll",
-            BackendKind::Uring => "uring",
-        }
-    }
-
-    /// Builds the backend for `cfg`, probing the kernel for what it needs. A backend the
+/// A backend a server can run.
+pub struct Registered {
+    /// Its name on the command line and in every report.
+    pub name: &'static str,
+    /// One line for `--help`.
+    pub about: &'static str,
+    /// Builds it for a configuration, probing the kernel for what it needs; a backend the
     /// kernel cannot provide fails here, before anything is served.
-    pub fn build(self, cfg: &ServerConfig) -> io::Result<Box<dyn Backend>> {
-        match self {
-            BackendKind::Epoll => Ok(Box::new(crate::epoll::Epoll)),
-            BackendKind::Uring => Ok(Box::new(crate::uring::Uring::probe(&cfg.uring)?)),
-        }
-    }
+    pub build: fn(&ServerConfig) -> io::Result<Box<dyn Backend>>,
 }
 
-impl fmt::Display for BackendKind {
+impl fmt::Debug for Registered {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.write_str(self.name)
     }
 }
 
-impl FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        BackendKind::ALL
-            .into_iter()
-            .find(|b| b.name() == s)
-            .ok_or_else(|| format!("unknown backend '{s}' (expected epoll or uring)"))
-    }
-}
+/// Every backend, in the order reports list them.
+pub const BACKENDS: &[Registered] = &[
+    Registered { name: "epoll", about: "edge-triggered epoll, one per worker thread", build: crate::epoll::build },
+    Registered {
+        name: "uring",
+        about: "io_uring, one ring per worker thread: multishot accept and receive, provided buffers",
+        build: crate::uring::build,
+    },
+];
 
-/// io_uring feature switches. Each feature is on by default, used when the kernel has it,
-/// and can be switched off so its effect can be measured on its own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UringOptions {
-    /// Multishot accept and multishot receive (one request, many completions).
-    pub multishot: bool,
-    /// Receive into a ring of kernel-picked provided buffers instead of per-connection ones.
-    pub bufring: bool,
-    /// IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN (else COOP_TASKRUN).
-    pub defer_taskrun: bool,
-    /// A kernel thread polls the submission queue (opt-in: it burns a CPU while busy).
-    pub sqpoll: bool,
-    /// Provided buffers per worker (a power of two, at most 32768).
-    pub buffers: u16,
-    /// Bytes per provided buffer (and per connection without a buffer ring).
-    pub buffer_size: usize,
-    /// Completion-queue entries per worker ring (its submission queue is at most this
-    /// long too). Small values exercise CQ overflow and a full submission queue.
-    pub cq_entries: u32,
-}
-
-impl Default for UringOptions {
-    fn default() -> Self {
-        UringOptions {
-            multishot: true,
-            bufring: true,
-            defer_taskrun: true,
-            sqpoll: false,
-            buffers: crate::uring::DEFAULT_BUFFERS,
-            buffer_size: crate::uring::DEFAULT_BUFFER_SIZE_BYTES,
-            cq_entries: crate::uring::DEFAULT_CQ_ENTRIES,
-        }
-    }
-}
-
-/// Everything a server run is configured by.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    pub backend: BackendKind,
-    pub bind: SocketAddr,
-    /// Worker threads; 0 means one per CPU this process may use.
-    pub workers: usize,
-    /// Per-connection CSV log; `None` counts rows without writing them.
-    pub log: Option<PathBuf>,
-    /// Close connections idle this long (reason `timeout`); `None` never does.
-    pub idle_timeout: Option<Duration>,
-    /// Close new connections at once while this many are open (reason `rejected`).
-    pub max_conns: Option<usize>,
-    /// Event coalescing window in microseconds (see [`Coalesce`](crate::Coalesce)); 0 turns it off.
-    pub coalesce_us: u32,
-    pub uring: UringOptions,
-}
-
-impl ServerConfig {
-    pub fn new(backend: BackendKind) -> Self {
-        ServerConfig {
-            backend,
-            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
-            workers: 0,
-            log: None,
-            idle_timeout: None,
-            max_conns: None,
-            coalesce_us: DEFAULT_COALESCE_US,
-            uring: UringOptions::default(),
-        }
-    }
-
-    /// The worker count after resolving 0 to the CPUs we may use.
-    pub fn worker_count(&self) -> usize {
-        if self.workers == 0 {
-            sys::allowed_cpus()
-        } else {
-            self.workers
-        }
-    }
-}
-
-/// A one-way "stop now" flag that event loops can wait on: an eventfd that stays readable
-/// once signalled (so a level-triggered epoll or a poll request sees it every time) plus an
-/// atomic for cheap checks.
-pub struct StopSignal {
-    fd: OwnedFd,
-    set: AtomicBool,
-}
-
-impl StopSignal {
-    pub fn new() -> io::Result<Self> {
-        Ok(StopSignal { fd: sys::eventfd()?, set: AtomicBool::new(false) })
-    }
-
-    /// Asks every thread of the server to stop. Safe to call from any thread, many times.
-    pub fn trigger(&self) {
-        if !self.set.swap(true, Ordering::SeqCst) {
-            // The flag is already visible; failing to wake would only delay the stop
-            // until the next event, and eventfd writes do not fail on a valid fd.
-            let _ = sys::eventfd_signal(self.fd.as_fd());
-        }
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.set.load(Ordering::Relaxed)
-    }
-
-    /// The eventfd to wait on.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-/// State every thread of one server shares.
-pub struct Shared {
-    pub cfg: ServerConfig,
-    pub workers: usize,
-    pub stop: StopSignal,
-    pub log: ConnLog,
-    /// Connections currently open (accepted, not yet closed), for `--max-conns`.
-    pub open: AtomicUsize,
-    /// Connections accepted so far (rejected ones included).
-    pub accepted: AtomicUsize,
-    /// Resource usage when set-up ended (rings, buffers, threads), so the summary's CPU
-    /// counts serving only and short runs are not dominated by start-up.
-    ready: Mutex<Option<(libc::rusage, Instant)>>,
-}
-
-impl Shared {
-    /// Called by a backend once its workers are set up, right before it starts accepting.
-    pub fn mark_ready(&self) {
-        if let Ok(ru) = sys::rusage_self() {
-            *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some((ru, Instant::now()));
-        }
-    }
-
-    pub fn coalesce(&self) -> Coalesce {
-        Coalesce { wait_us: self.cfg.coalesce_us }
-    }
-
-    /// Counts an accepted connection and says whether it must be turned away under
-    /// `--max-conns`.
-    pub fn admit(&self) -> bool {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
-        !self.over_limit()
-    }
-
-    /// Whether a new connection must be turned away under `--max-conns`.
-    pub fn over_limit(&self) -> bool {
-        self.cfg.max_conns.is_some_and(|max| self.open.load(Ordering::Relaxed) >= max)
-    }
+/// The backend called `name`.
+pub fn backend(name: &str) -> Option<&'static Registered> {
+    BACKENDS.iter().find(|b| b.name == name)
 }
 
 /// What a server did, printed at exit and written as JSON with `--summary-json`.
@@ -230,8 +66,11 @@ pub struct ServerSummary {
     pub connections: u64,
     /// Connections closed at once by `--max-conns` (each also has one log row).
     pub rejected: u64,
-    /// Rows in the per-connection log.
+    /// Rows written to the per-connection log.
     pub log_rows: u64,
+    /// Rows that could not be written (a full disk); the run counts as failed.
+    #[serde(default)]
+    pub log_rows_lost: u64,
     pub bytes: u64,
     pub reads: u64,
     /// From the end of set-up to the end of shutdown.
@@ -249,13 +88,26 @@ pub struct ServerSummary {
     pub accept_fd_exhausted: u64,
     /// Optional kernel features and whether they are in use.
     pub features: BTreeMap<String, String>,
-    /// io_uring counters (zero for epoll).
+    /// io_uring counters (zero for other backends).
     pub sqes_submitted: u64,
     pub cqes_reaped: u64,
     pub bufring_empty: u64,
     pub cq_overflow: u64,
     pub nofile_soft: u64,
     pub nofile_hard: u64,
+    /// What the server reported while running (each kind once per episode).
+    #[serde(default)]
+    pub notices: Vec<Notice>,
+    /// The stop was an abort (a second signal): the orderly close was skipped.
+    #[serde(default)]
+    pub aborted: bool,
+}
+
+impl ServerSummary {
+    /// Whether the run lost nothing it should have recorded.
+    pub fn complete(&self) -> bool {
+        self.log_rows_lost == 0
+    }
 }
 
 impl fmt::Display for ServerSummary {
@@ -267,8 +119,11 @@ impl fmt::Display for ServerSummary {
             "  connections        {} served, {} rejected, {} log rows",
             self.connections, self.rejected, self.log_rows
         )?;
+        if self.log_rows_lost > 0 {
+            writeln!(f, "  log rows LOST      {} (the log file could not be written)", self.log_rows_lost)?;
+        }
         writeln!(f, "  bytes              {} in {} reads", self.bytes, self.reads)?;
-        writeln!(f, "  wall               {:.3} s", self.wall_s)?;
+        writeln!(f, "  wall               {:.3} s{}", self.wall_s, if self.aborted { " (aborted)" } else { "" })?;
         writeln!(f, "  cpu                {:.3} s user, {:.3} s sys", self.cpu_user_s, self.cpu_sys_s)?;
         writeln!(
             f,
@@ -277,7 +132,7 @@ impl fmt::Display for ServerSummary {
         )?;
         let kinds: Vec<String> = self.syscalls.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(f, "  syscalls           {} total: {}", self.syscalls_total, kinds.join(" "))?;
-        if self.backend == "uring" {
+        if self.sqes_submitted > 0 {
             writeln!(
                 f,
                 "  io_uring           {} SQEs submitted, {} CQEs reaped, buffer ring empty {}x, CQ overflow {}",
@@ -323,6 +178,11 @@ impl ServerHandle {
         Arc::clone(&self.shared)
     }
 
+    /// Every notice so far.
+    pub fn notices(&self) -> Vec<Notice> {
+        self.shared.notices.snapshot().0
+    }
+
     /// Stops the server: no more accepts, every connection closed and logged. Returns the
     /// summary.
     pub fn stop(mut self) -> io::Result<ServerSummary> {
@@ -350,11 +210,16 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Binds, probes the backend, and starts serving on a new thread. Returns once the socket
+/// Builds `backend` for `cfg` and reports which optional features it would use.
+pub fn features(backend: &Registered, cfg: &ServerConfig) -> io::Result<Vec<(String, String)>> {
+    Ok((backend.build)(cfg)?.features())
+}
+
+/// Binds, builds the backend, and starts serving on a new thread. Returns once the socket
 /// listens, so a client may connect as soon as this returns.
-pub fn start(cfg: ServerConfig) -> io::Result<ServerHandle> {
+pub fn start(backend: &'static Registered, cfg: ServerConfig) -> io::Result<ServerHandle> {
     let (nofile_soft, nofile_hard) = sys::raise_nofile_limit()?;
-    let backend = cfg.backend.build(&cfg)?;
+    let server = (backend.build)(&cfg)?;
     let listener = TcpListener::bind(cfg.bind)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.bind)))?;
     listener.set_nonblocking(true)?;
@@ -366,61 +231,67 @@ pub fn start(cfg: ServerConfig) -> io::Result<ServerHandle> {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot write log '{}': {e}", p.display())))?,
         None => ConnLog::counting(),
     };
-    let workers = cfg.worker_count();
-    let mut features: BTreeMap<String, String> = backend.features().into_iter().collect();
+    let mut features: BTreeMap<String, String> = server.features().into_iter().collect();
     features.insert("listen_backlog".into(), LISTEN_BACKLOG.min(somaxconn()).to_string());
     features.insert("coalesce_us".into(), cfg.coalesce_us.to_string());
-    let shared = Arc::new(Shared {
-        cfg,
-        workers,
-        stop: StopSignal::new()?,
-        log,
-        open: AtomicUsize::new(0),
-        accepted: AtomicUsize::new(0),
-        ready: Mutex::new(None),
-    });
-
+    let shared = Arc::new(Shared::new(cfg, log)?);
+    let limits = (nofile_soft, nofile_hard);
     let sh = Arc::clone(&shared);
-    let thread = std::thread::Builder::new().name("ringbench-accept".into()).spawn(move || {
-        let start = (sys::rusage_self()?, Instant::now());
-        let name = backend.name();
-        let per_thread = backend.serve(listener, &sh)?;
-        let flushed = sh.log.flush();
-        let (ru0, t0) = sh.ready.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or(start);
-        let wall_s = t0.elapsed().as_secs_f64();
-        let ru1 = sys::rusage_self()?;
-        flushed?;
-        let mut total = ThreadStats::default();
-        for t in &per_thread {
-            total.merge(t);
-        }
-        Ok(ServerSummary {
-            backend: name.to_string(),
-            bind: addr.to_string(),
-            workers: sh.workers,
-            connections: total.connections - total.rejected,
-            rejected: total.rejected,
-            log_rows: sh.log.rows(),
-            bytes: total.bytes,
-            reads: total.reads,
-            wall_s,
-            cpu_user_s: tv_s(ru1.ru_utime) - tv_s(ru0.ru_utime),
-            cpu_sys_s: tv_s(ru1.ru_stime) - tv_s(ru0.ru_stime),
-            voluntary_ctx_switches: (ru1.ru_nvcsw - ru0.ru_nvcsw) as u64,
-            involuntary_ctx_switches: (ru1.ru_nivcsw - ru0.ru_nivcsw) as u64,
-            syscalls: total.syscalls.by_name(),
-            syscalls_total: total.syscalls.total(),
-            accept_fd_exhausted: total.accept_fd_exhausted,
-            features,
-            sqes_submitted: total.sqes_submitted,
-            cqes_reaped: total.cqes_reaped,
-            bufring_empty: total.bufring_empty,
-            cq_overflow: total.cq_overflow,
-            nofile_soft,
-            nofile_hard,
-        })
-    })?;
+    let thread = std::thread::Builder::new()
+        .name("ringbench-accept".into())
+        .spawn(move || serve(backend.name, server, listener, &sh, addr, features, limits))?;
     Ok(ServerHandle { addr, shared, thread: Some(thread) })
+}
+
+/// The server thread: serves, then sums up.
+fn serve(
+    name: &str,
+    server: Box<dyn Backend>,
+    listener: OwnedFd,
+    sh: &Shared,
+    addr: SocketAddr,
+    features: BTreeMap<String, String>,
+    (nofile_soft, nofile_hard): (u64, u64),
+) -> io::Result<ServerSummary> {
+    let start = (sys::rusage_self()?, Instant::now());
+    let per_thread = server.serve(listener, sh)?;
+    sh.log.flush(&sh.notices);
+    let (ru0, t0) = sh.ready_mark().unwrap_or(start);
+    let wall_s = t0.elapsed().as_secs_f64();
+    let ru1 = sys::rusage_self()?;
+    let mut total = ThreadStats::default();
+    for t in &per_thread {
+        total.merge(t);
+    }
+    let (notices, _) = sh.notices.snapshot();
+    Ok(ServerSummary {
+        backend: name.to_string(),
+        bind: addr.to_string(),
+        workers: sh.workers,
+        connections: total.connections - total.rejected,
+        rejected: total.rejected,
+        log_rows: sh.log.rows(),
+        log_rows_lost: sh.log.lost(),
+        bytes: total.bytes,
+        reads: total.reads,
+        wall_s,
+        cpu_user_s: tv_s(ru1.ru_utime) - tv_s(ru0.ru_utime),
+        cpu_sys_s: tv_s(ru1.ru_stime) - tv_s(ru0.ru_stime),
+        voluntary_ctx_switches: (ru1.ru_nvcsw - ru0.ru_nvcsw) as u64,
+        involuntary_ctx_switches: (ru1.ru_nivcsw - ru0.ru_nivcsw) as u64,
+        syscalls: total.syscalls.by_name(),
+        syscalls_total: total.syscalls.total(),
+        accept_fd_exhausted: total.accept_fd_exhausted,
+        features,
+        sqes_submitted: total.sqes_submitted,
+        cqes_reaped: total.cqes_reaped,
+        bufring_empty: total.bufring_empty,
+        cq_overflow: total.cq_overflow,
+        nofile_soft,
+        nofile_hard,
+        notices,
+        aborted: sh.stop.is_abort(),
+    })
 }
 
 fn tv_s(tv: libc::timeval) -> f64 {

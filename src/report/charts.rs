@@ -13,77 +13,14 @@ use anyhow::{anyhow, Context};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use super::export::sizes;
-use super::{Point, Spread};
+use super::metrics::{ChartSpec, Metric, METRICS};
+use super::points::{sizes, Point};
 
 static FONT: &[u8] = include_bytes!("DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 /// Chart size in pixels.
 pub const WIDTH_PX: u32 = 1280;
 pub const HEIGHT_PX: u32 = 720;
-
-/// A figure the report charts.
-pub struct Metric {
-    /// File name without extension.
-    pub file: &'static str,
-    pub title: &'static str,
-    pub y_label: &'static str,
-    /// How a sentence names it ("CPU per request").
-    pub what: &'static str,
-    pub better: &'static str,
-    pub get: fn(&Point) -> Spread,
-}
-
-pub const METRICS: &[Metric] = &[
-    Metric {
-        file: "avg_total_duration",
-        title: "AvgTotalDuration: time for each connection's requests",
-        y_label: "seconds (mean over connections)",
-        what: "average total duration",
-        better: "lower is better",
-        get: |p| p.avg_total_duration_s,
-    },
-    Metric {
-        file: "avg_response_time",
-        title: "AvgResponseTime: mean round trip per request",
-        y_label: "seconds (closed-loop)",
-        what: "average response time",
-        better: "lower is better",
-        get: |p| p.avg_response_time_s,
-    },
-    Metric {
-        file: "throughput",
-        title: "Throughput",
-        y_label: "verified requests per second",
-        what: "throughput",
-        better: "higher is better",
-        get: |p| p.throughput_rps,
-    },
-    Metric {
-        file: "p99_latency",
-        title: "p99 round-trip latency",
-        y_label: "microseconds (closed-loop)",
-        what: "p99 latency",
-        better: "lower is better",
-        get: |p| p.p99_response_us,
-    },
-    Metric {
-        file: "cpu_per_request",
-        title: "Server CPU per request",
-        y_label: "µs of CPU (user + sys) per request",
-        what: "CPU per request",
-        better: "lower is better",
-        get: |p| p.server_cpu_us_per_request,
-    },
-    Metric {
-        file: "syscalls_per_request",
-        title: "Server syscalls per request",
-        y_label: "syscalls per request (server's own count)",
-        what: "syscalls per request",
-        better: "lower is better",
-        get: |p| p.server_syscalls_per_request,
-    },
-];
 
 /// A chart that was drawn.
 pub struct Chart {
@@ -109,7 +46,7 @@ pub fn register_bundled_font() -> anyhow::Result<()> {
     .map_err(|e| anyhow!(e))
 }
 
-/// Draws every metric (per message size when several were swept) into `dir`.
+/// Draws every charted metric (per message size when several were swept) into `dir`.
 pub fn draw_all(dir: &Path, points: &[Point], order: &[String], caption: &str) -> anyhow::Result<Vec<Chart>> {
     register_bundled_font()?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
@@ -117,10 +54,11 @@ pub fn draw_all(dir: &Path, points: &[Point], order: &[String], caption: &str) -
     let mut out = Vec::new();
     for &size in &sizes {
         let pts: Vec<&Point> = points.iter().filter(|p| p.size_bytes == size).collect();
-        for m in METRICS {
-            let file = if sizes.len() > 1 { format!("{}_s{size}.png", m.file) } else { format!("{}.png", m.file) };
+        for (m, spec) in METRICS.iter().filter_map(|m| m.chart.as_ref().map(|c| (m, c))) {
+            let file =
+                if sizes.len() > 1 { format!("{}_s{size}.png", spec.file) } else { format!("{}.png", spec.file) };
             let cap = format!("{caption} · {size}-byte requests");
-            draw(&dir.join(&file), m, &pts, order, &cap).with_context(|| format!("drawing {file}"))?;
+            draw(&dir.join(&file), m, spec, &pts, order, &cap).with_context(|| format!("drawing {file}"))?;
             out.push(Chart { metric: m, file, size_bytes: size });
         }
     }
@@ -138,12 +76,21 @@ fn color(i: usize, name: &str) -> RGBColor {
     }
 }
 
-fn draw(path: &Path, m: &Metric, points: &[&Point], order: &[String], caption: &str) -> anyhow::Result<()> {
+fn draw(
+    path: &Path,
+    m: &Metric,
+    spec: &ChartSpec,
+    points: &[&Point],
+    order: &[String],
+    caption: &str,
+) -> anyhow::Result<()> {
+    // Each point's spread in the chart's unit; a point without the figure draws no bar.
+    let spread = |p: &Point| p.get(m).map(|s| (s.mean * spec.scale, s.min * spec.scale, s.max * spec.scale));
     let mut conns: Vec<usize> = points.iter().map(|p| p.connections).collect();
     conns.sort_unstable();
     conns.dedup();
     let backends: Vec<&String> = order.iter().filter(|b| points.iter().any(|p| &&p.backend == b)).collect();
-    let top = points.iter().map(|p| (m.get)(p).max).fold(0.0f64, f64::max);
+    let top = points.iter().filter_map(|p| spread(p)).map(|s| s.2).fold(0.0f64, f64::max);
     let y_max = if top > 0.0 { top * 1.18 } else { 1.0 };
     let n = conns.len().max(1);
 
@@ -170,7 +117,7 @@ fn draw(path: &Path, m: &Metric, points: &[&Point], order: &[String], caption: &
         .x_labels(n)
         .x_label_formatter(&label)
         .x_desc("concurrent connections")
-        .y_desc(m.y_label)
+        .y_desc(spec.axis)
         .label_style((FAMILY, 17))
         .axis_desc_style((FAMILY, 19))
         .draw()?;
@@ -187,34 +134,42 @@ fn draw(path: &Path, m: &Metric, points: &[&Point], order: &[String], caption: &
             .collect();
         let left = |i: usize| i as f64 - group_w / 2.0 + j as f64 * bar_w;
         chart
-            .draw_series(mine.iter().map(|&(i, p)| {
-                let v = (m.get)(p).mean;
-                Rectangle::new([(left(i) + bar_w * 0.06, 0.0), (left(i) + bar_w * 0.94, v)], c.filled())
+            .draw_series(mine.iter().filter_map(|&(i, p)| {
+                let (v, _, _) = spread(p)?;
+                Some(Rectangle::new([(left(i) + bar_w * 0.06, 0.0), (left(i) + bar_w * 0.94, v)], c.filled()))
             }))?
             .label(b.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 7), (x + 18, y + 7)], c.filled()));
         // Whiskers: min to max over repeats, with caps.
         for &(i, p) in &mine {
-            let s = (m.get)(p);
+            let Some((mean, min, max)) = spread(p) else {
+                let label = if p.ok { "n/a" } else { "Fail" };
+                chart.draw_series([Text::new(
+                    label.to_string(),
+                    (left(i) + bar_w * 0.1, y_max * 0.03),
+                    (FAMILY, 14).into_font().color(&RGBColor(90, 90, 90)),
+                )])?;
+                continue;
+            };
             let mid = left(i) + bar_w / 2.0;
             let cap = bar_w * 0.18;
             let ink = BLACK.stroke_width(2);
             chart.draw_series([
-                PathElement::new(vec![(mid, s.min), (mid, s.max)], ink),
-                PathElement::new(vec![(mid - cap, s.min), (mid + cap, s.min)], ink),
-                PathElement::new(vec![(mid - cap, s.max), (mid + cap, s.max)], ink),
+                PathElement::new(vec![(mid, min), (mid, max)], ink),
+                PathElement::new(vec![(mid - cap, min), (mid + cap, min)], ink),
+                PathElement::new(vec![(mid - cap, max), (mid + cap, max)], ink),
             ])?;
             let text = if !p.ok {
                 Some(("Fail".to_string(), RED))
             } else if show_values {
-                Some((format_value(s.mean), BLACK))
+                Some((format_value(mean), BLACK))
             } else {
                 None
             };
             if let Some((t, col)) = text {
                 chart.draw_series([Text::new(
                     t,
-                    (left(i) + bar_w * 0.1, s.max.max(s.mean) + y_max * 0.035),
+                    (left(i) + bar_w * 0.1, max.max(mean) + y_max * 0.035),
                     (FAMILY, 14).into_font().color(&col),
                 )])?;
             }

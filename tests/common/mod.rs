@@ -8,9 +8,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ringbench::backends::{self, ConnRecord, ServerConfig, ServerHandle, ServerSummary};
+use ringbench::backends::{self, ConnRecord, ServerConfig, ServerHandle, ServerSummary, Variant};
 use ringbench::client::fill_payload;
-use ringbench::variant::Variant;
+use ringbench::server_proc::{self, Readiness, Spec};
 
 /// Runs each test body once per backend, in a module named after the backend.
 /// Adding a backend is one more name in the list at the call site; no test changes.
@@ -27,7 +27,7 @@ macro_rules! backend_suite {
                 $(#[$meta])*
                 #[test]
                 fn $name() {
-                    let $b = ringbench::variant::Variant::parse(stringify!($backend)).expect("variant in the suite list");
+                    let $b = ringbench::backends::Variant::parse(stringify!($backend)).expect("variant in the suite list");
                     $body
                 }
             )*
@@ -53,16 +53,12 @@ impl TestServer {
     pub fn start_with(backend: Variant, tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("server.csv");
-        let mut cfg = ServerConfig::new(backend.kind);
-        cfg.uring = backend.uring;
-        if backend.no_coalesce {
-            cfg.coalesce_us = 0;
-        }
+        let mut cfg = backend.config();
         cfg.bind = "127.0.0.1:0".parse().unwrap();
         cfg.workers = 2;
         cfg.log = Some(log.clone());
         tweak(&mut cfg);
-        let handle = backends::start(cfg).expect("server starts");
+        let handle = backends::start(backend.backend, cfg).expect("server starts");
         let addr = handle.local_addr();
         TestServer { handle, addr, log, _dir: dir }
     }
@@ -173,14 +169,13 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// A server run as the `ringbench` binary, for tests that need its own process: its own
-/// descriptor limit, its memory and CPU, signals.
+/// descriptor limit, its memory and CPU, signals. Started through the tool's one
+/// [`server_proc::ServerProc`], with its log and summary in a temporary directory.
 pub struct ServerProc {
-    pub child: std::process::Child,
+    pub proc: server_proc::ServerProc,
     pub addr: SocketAddr,
     pub log: PathBuf,
     pub summary: PathBuf,
-    /// Every stderr line so far.
-    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -188,75 +183,36 @@ impl ServerProc {
     /// Starts `ringbench server` for `backend` on port 0 with `args`, optionally under an
     /// open-file limit (soft and hard) set before exec.
     pub fn spawn(backend: &Variant, args: &[&str], nofile: Option<u64>) -> ServerProc {
-        use std::io::BufRead;
-        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log.csv");
         let summary = dir.path().join("summary.json");
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringbench"));
-        cmd.args(["server", "--backend", backend.kind.name(), "--bind", "127.0.0.1:0"])
-            .args(&backend.flags)
-            .args(args)
-            .arg("--log")
-            .arg(&log)
-            .arg("--summary-json")
-            .arg(&summary)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        if let Some(n) = nofile {
-            // SAFETY: one setrlimit syscall between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd.spawn().unwrap();
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut addr = None;
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            stderr.lock().unwrap().push(line.clone());
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
-                break;
-            }
-        }
-        let addr = addr.unwrap_or_else(|| panic!("server exited before listening: {:?}", stderr.lock().unwrap()));
-        let sink = std::sync::Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        ServerProc { child, addr, log, summary, stderr, _dir: dir }
+        let mut argv: Vec<String> =
+            ["server", "--backend", &backend.name, "--bind", "127.0.0.1:0"].map(String::from).to_vec();
+        argv.extend(args.iter().map(|a| a.to_string()));
+        argv.extend([
+            "--log".into(),
+            log.display().to_string(),
+            "--summary-json".into(),
+            summary.display().to_string(),
+        ]);
+        let mut spec = Spec::new(env!("CARGO_BIN_EXE_ringbench"), argv, Readiness::ListeningLine);
+        spec.nofile = nofile;
+        let proc = server_proc::ServerProc::spawn(spec, Duration::from_secs(20)).expect("server starts");
+        ServerProc { addr: proc.addr(), proc, log, summary, _dir: dir }
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.proc.pid()
     }
 
     /// Resident memory in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        self.proc.rss_kib().unwrap()
     }
 
     /// CPU time used so far (user + system), in seconds.
     pub fn cpu_s(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / hz
+        self.proc.cpu_s().unwrap()
     }
 
     /// Server-side established connections on its port (from /proc/net/tcp).
@@ -273,30 +229,29 @@ impl ServerProc {
             .count()
     }
 
-    pub fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().clone()
+    /// The summary the server wrote, as JSON (null if it wrote none).
+    pub fn summary_json(&self) -> serde_json::Value {
+        std::fs::read_to_string(&self.summary)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null)
     }
 
     /// Sends SIGTERM; returns the exit status, how long the exit took, the log rows and
     /// the summary.
-    pub fn terminate(mut self) -> (std::process::ExitStatus, Duration, Vec<ConnRecord>, serde_json::Value) {
-        let t = Instant::now();
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        let took = t.elapsed();
+    pub fn terminate(self) -> (std::process::ExitStatus, Duration, Vec<ConnRecord>, serde_json::Value) {
+        let stopped = self.proc.stop(Duration::from_secs(20)).unwrap();
+        let status = stopped.status.expect("the server exited after SIGTERM");
         let rows = backends::read_log(&self.log).unwrap_or_default();
         let summary = std::fs::read_to_string(&self.summary)
             .ok()
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or(serde_json::Value::Null);
-        (status, took, rows, summary)
+        (status, stopped.took, rows, summary)
     }
 }
 
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The notices of a summary of kind `kind` (e.g. `out_of_fds`).
+pub fn notices_of(summary: &serde_json::Value, kind: &str) -> usize {
+    summary["notices"].as_array().map_or(0, |a| a.iter().filter(|n| n["kind"] == kind).count())
 }

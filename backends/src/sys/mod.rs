@@ -1,8 +1,15 @@
-//! The one place where raw Linux calls are made.
+//! The one place where raw Linux calls are made: the bottom layer of the crate.
 //!
 //! Every call goes through [`cvt`], so no call site can forget `errno`, and each `unsafe`
-//! block is a few lines long with a `// SAFETY:` note saying why it holds. Backends call
-//! these safe wrappers and count each call in their [`SyscallCounts`](crate::SyscallCounts).
+//! block is a few lines long with a `// SAFETY:` note saying why it holds. Backends serve
+//! through [`Syscalls`], which makes these calls and counts each one, and through the
+//! typed [`Epoll`]; the free functions are for set-up and for the tools.
+
+mod count;
+mod epoll;
+
+pub use count::{Sys, Syscalls};
+pub use epoll::{Epoll, Event, Events, Interest, Token};
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
@@ -53,19 +60,15 @@ pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-/// `accept4(2)`: a non-blocking, close-on-exec connection and its peer address.
-pub fn accept4(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, SocketAddr)> {
+/// `accept4(2)`: a close-on-exec connection (plus `flags`, e.g. `SOCK_NONBLOCK`) and its
+/// peer address.
+pub fn accept4(listener: BorrowedFd<'_>, flags: i32) -> io::Result<(OwnedFd, SocketAddr)> {
     let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: `storage` is a writable sockaddr_storage and `len` holds its size, as
     // accept4 requires; the kernel writes at most `len` bytes.
     let fd = cvt(unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            storage.as_mut_ptr().cast(),
-            &mut len,
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
+        libc::accept4(listener.as_raw_fd(), storage.as_mut_ptr().cast(), &mut len, libc::SOCK_CLOEXEC | flags)
     })?;
     let fd = owned(fd);
     // SAFETY: zero-initialised above and possibly filled by the kernel: every bit pattern
@@ -116,28 +119,6 @@ pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// `epoll_create1(EPOLL_CLOEXEC)`.
-pub fn epoll_create() -> io::Result<OwnedFd> {
-    // SAFETY: plain integer argument.
-    Ok(owned(cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?))
-}
-
-/// `epoll_ctl(2)` with `events` and the `token` the event will carry back.
-pub fn epoll_ctl(ep: BorrowedFd<'_>, op: i32, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-    let mut ev = libc::epoll_event { events, u64: token };
-    // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-    cvt(unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) })?;
-    Ok(())
-}
-
-/// `epoll_wait(2)` into `events`; `timeout_ms` of -1 waits forever.
-pub fn epoll_wait(ep: BorrowedFd<'_>, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
-    let max = events.len().min(i32::MAX as usize) as i32;
-    // SAFETY: `events` is writable for `max` entries.
-    let n = cvt(unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) })?;
-    Ok(n as usize)
-}
-
 /// A non-blocking, close-on-exec eventfd.
 pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain integer arguments.
@@ -179,6 +160,26 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((lim.rlim_cur, lim.rlim_max))
 }
 
+/// Sets the open-file limit, soft and hard, to `n`. One syscall on stack data, so it may
+/// run in a `pre_exec` hook between fork and exec.
+pub fn set_nofile_limit(n: u64) -> io::Result<()> {
+    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+    // SAFETY: `lim` is a valid rlimit for the duration of the call.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    Ok(())
+}
+
+/// Clock ticks per second, the unit of `/proc/PID/stat` CPU times.
+pub fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
 /// The current open-file limits `(soft, hard)`.
 pub fn nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -195,6 +196,13 @@ pub fn allowed_cpus() -> usize {
 /// Seconds since the Unix epoch, with microseconds, for log rows.
 pub fn unix_now_s() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// `shutdown(2)` of both directions.
+pub fn shutdown(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) })?;
+    Ok(())
 }
 
 /// `poll(2)` on one descriptor; returns the revents (0 on timeout).

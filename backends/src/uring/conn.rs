@@ -1,0 +1,337 @@
+//! One connection as an io_uring worker holds it: its echo queue, the state of its
+//! receive, whether a send is in flight, and whether it is closing — and what it asks of
+//! the ring after each completion.
+//!
+//! Rules the methods keep:
+//! - one send in flight, from the front of the queue, so bytes leave in order; a short
+//!   send is resubmitted from where it stopped;
+//! - flow control: at [`PENDING_HIGH_BYTES`] of queued echo a multishot receive is
+//!   cancelled, and it is re-armed only below [`PENDING_LOW_BYTES`] (with per-connection
+//!   buffers, only once the queue is empty: the one buffer is in the queue);
+//! - a connection is finished only when nothing of its is in flight, so its buffers
+//!   outlive every request that points into them.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use io_uring::opcode;
+use io_uring::squeue;
+use io_uring::types::{self, CancelBuilder};
+
+use super::buf_ring::{BufRing, RingBuf, BUF_GROUP};
+use super::ring::{Cqe, Ring};
+use super::user_data;
+use crate::book::{CloseReason, ConnMeter, ThreadStats};
+use crate::table::{Key, Tracked};
+
+/// Stop receiving from a client once this much of its echo is queued: the same bound as
+/// epoll's one read buffer, and it keeps one client that does not read from holding more
+/// than 16 of a worker's 2048 default buffers.
+pub const PENDING_HIGH_BYTES: usize = 64 * 1024;
+/// Receive again once its queue has drained below this.
+pub const PENDING_LOW_BYTES: usize = 16 * 1024;
+
+/// The worker's operations, as `user_data` tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Recv = 1,
+    Send = 2,
+    Cancel = 3,
+    Close = 4,
+    /// The poll on the server's stop signal.
+    Stop = 5,
+}
+
+impl Op {
+    pub fn from_tag(tag: u8) -> Option<Op> {
+        [Op::Recv, Op::Send, Op::Cancel, Op::Close, Op::Stop].into_iter().find(|o| *o as u8 == tag)
+    }
+}
+
+/// Where the connection's receive stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recv {
+    /// No receive armed; arm one when the queue allows.
+    Idle,
+    Armed,
+    /// Armed, and a flow-control cancel is on its way.
+    Cancelling,
+    /// Ended for want of buffers (ENOBUFS); re-armed as buffers come back.
+    Starved,
+    /// The client closed its side: nothing more to receive.
+    Eof,
+}
+
+/// Whether the connection is serving or on its way out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Open,
+    /// Closing for this reason once nothing is in flight.
+    Closing(CloseReason),
+}
+
+/// Where queued echo bytes live.
+enum Buf {
+    /// A provided buffer, returned to the ring when the chunk is dropped.
+    Ring(RingBuf),
+    /// The connection's own buffer (no buffer ring).
+    Own,
+}
+
+/// Echo bytes waiting to be sent: `buf[off..len]`.
+struct Chunk {
+    buf: Buf,
+    off: u32,
+    len: u32,
+}
+
+/// What the connection's methods need from the worker.
+pub struct Io<'a, 'r> {
+    pub ring: &'a mut Ring<'r>,
+    pub stats: &'a mut ThreadStats,
+    pub bufs: Option<&'a BufRing>,
+    pub multishot: bool,
+    pub buffer_size: usize,
+    pub now: Instant,
+}
+
+pub struct UConn {
+    /// `None` once handed to the close request.
+    fd: Option<OwnedFd>,
+    raw: RawFd,
+    key: Key,
+    meter: ConnMeter,
+    /// Without a buffer ring: this connection's receive buffer.
+    own: Option<Box<[u8]>>,
+    queue: VecDeque<Chunk>,
+    queued_bytes: usize,
+    recv: Recv,
+    /// A send is in flight (always the front chunk).
+    sending: bool,
+    phase: Phase,
+}
+
+impl Tracked for UConn {
+    fn meter(&self) -> &ConnMeter {
+        &self.meter
+    }
+}
+
+impl UConn {
+    pub fn new(key: Key, fd: OwnedFd, raw: RawFd, meter: ConnMeter, own: Option<Box<[u8]>>) -> UConn {
+        UConn {
+            fd: Some(fd),
+            raw,
+            key,
+            meter,
+            own,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            recv: Recv::Idle,
+            sending: false,
+            phase: Phase::Open,
+        }
+    }
+
+    /// Something of this connection's is in flight (the kernel may touch its buffers).
+    pub fn in_flight(&self) -> bool {
+        matches!(self.recv, Recv::Armed | Recv::Cancelling) || self.sending
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    fn push(&self, io: &mut Io<'_, '_>, e: squeue::Entry, op: Op) {
+        io.ring.push(e, op as u8, self.key, io.stats);
+    }
+
+    /// Arms a receive: multishot from the buffer ring, single-shot from it, or into the
+    /// connection's own buffer.
+    pub fn arm_recv(&mut self, io: &mut Io<'_, '_>) {
+        let fd = types::Fd(self.raw);
+        let e = if io.multishot {
+            opcode::RecvMulti::new(fd, BUF_GROUP).build()
+        } else if io.bufs.is_some() {
+            opcode::Recv::new(fd, std::ptr::null_mut(), io.buffer_size as u32)
+                .buf_group(BUF_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        } else {
+            let Some(own) = self.own.as_mut() else { return };
+            opcode::Recv::new(fd, own.as_mut_ptr(), own.len() as u32).build()
+        };
+        self.recv = Recv::Armed;
+        self.push(io, e, Op::Recv);
+    }
+
+    /// Sends the front chunk (from where a short send stopped).
+    fn send_front(&mut self, io: &mut Io<'_, '_>) {
+        let Some(ch) = self.queue.front() else { return };
+        let base = match &ch.buf {
+            Buf::Ring(b) => b.ptr(),
+            Buf::Own => match &self.own {
+                Some(o) => o.as_ptr(),
+                None => return,
+            },
+        };
+        // SAFETY: `off < len <= buffer size`, so the pointer stays inside the buffer.
+        let ptr = unsafe { base.add(ch.off as usize) };
+        let e = opcode::Send::new(types::Fd(self.raw), ptr, ch.len - ch.off).build();
+        self.sending = true;
+        self.push(io, e, Op::Send);
+    }
+
+    /// A receive completed, with `buf` if the kernel picked one. Returns true when the
+    /// receive ended for want of buffers (the worker re-arms it as buffers come back).
+    pub fn on_recv(&mut self, cqe: &Cqe, buf: Option<RingBuf>, io: &mut Io<'_, '_>) -> bool {
+        if !cqe.more() {
+            self.recv = Recv::Idle;
+        }
+        if cqe.res > 0 {
+            let n = cqe.res as usize;
+            self.meter.on_read(n, io.now);
+            if self.is_open() {
+                self.queue_echo(buf, n, io);
+            }
+            return false;
+        }
+        drop(buf);
+        match -cqe.res {
+            0 => self.recv = Recv::Eof,
+            libc::ENOBUFS => {
+                self.recv = Recv::Starved;
+                io.stats.bufring_empty += 1;
+                return true;
+            }
+            libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
+            _ => self.begin_close(CloseReason::from_error(&cqe.error()), io),
+        }
+        false
+    }
+
+    fn queue_echo(&mut self, buf: Option<RingBuf>, n: usize, io: &mut Io<'_, '_>) {
+        self.queue.push_back(Chunk { buf: buf.map_or(Buf::Own, Buf::Ring), off: 0, len: n as u32 });
+        self.queued_bytes += n;
+        if !self.sending {
+            self.send_front(io);
+        }
+        // Flow control: a client that is not reading its echo stops being read.
+        if io.multishot && self.recv == Recv::Armed && self.queued_bytes >= PENDING_HIGH_BYTES {
+            self.recv = Recv::Cancelling;
+            let recv = user_data::pack(Op::Recv as u8, self.key);
+            self.push(io, opcode::AsyncCancel::new(recv).build(), Op::Cancel);
+        }
+    }
+
+    /// The send in flight completed with `res`.
+    pub fn on_send(&mut self, res: i32, io: &mut Io<'_, '_>) {
+        self.sending = false;
+        if !self.is_open() {
+            // Closing: the chunk that was in flight was kept until now.
+            self.queue.pop_front();
+            return;
+        }
+        if res <= 0 {
+            let reason = if res == 0 {
+                CloseReason::Error
+            } else {
+                CloseReason::from_error(&io::Error::from_raw_os_error(-res))
+            };
+            self.begin_close(reason, io);
+            return;
+        }
+        self.meter.touch(io.now);
+        if let Some(front) = self.queue.front_mut() {
+            front.off += res as u32;
+            self.queued_bytes -= res as usize;
+            if front.off >= front.len {
+                self.queue.pop_front();
+            }
+        }
+        // The rest of a short send, or the next chunk: always in order, one at a time.
+        self.send_front(io);
+    }
+
+    /// Decides what the connection needs after any completion: `Some(reason)` when it is
+    /// finished (closing, nothing in flight); otherwise it re-arms its receive if the
+    /// queue allows.
+    pub fn settle(&mut self, io: &mut Io<'_, '_>) -> Option<CloseReason> {
+        if self.is_open() && self.recv == Recv::Eof && self.queue.is_empty() && !self.sending {
+            // The client half-closed and has every byte back: done.
+            self.phase = Phase::Closing(CloseReason::Eof);
+        }
+        match self.phase {
+            Phase::Closing(reason) => (!self.in_flight()).then_some(reason),
+            Phase::Open => {
+                let drained =
+                    if io.bufs.is_some() { self.queued_bytes <= PENDING_LOW_BYTES } else { self.queue.is_empty() };
+                if self.recv == Recv::Idle && drained {
+                    self.arm_recv(io);
+                }
+                None
+            }
+        }
+    }
+
+    /// Starts closing for `reason`: queued chunks not being sent go back now (the one in
+    /// flight returns with its completion), and every request on the descriptor is
+    /// cancelled; the connection is finished after the last completion.
+    pub fn begin_close(&mut self, reason: CloseReason, io: &mut Io<'_, '_>) {
+        if !self.is_open() {
+            return;
+        }
+        self.phase = Phase::Closing(reason);
+        self.queue.truncate(usize::from(self.sending));
+        self.queued_bytes = self.queue.iter().map(|ch| (ch.len - ch.off) as usize).sum();
+        if self.in_flight() {
+            let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(types::Fd(self.raw)).all()).build();
+            self.push(io, cancel, Op::Cancel);
+        }
+    }
+
+    /// Buffers are back: a starved receive may be armed again. Returns whether it was
+    /// starved.
+    pub fn unstarve(&mut self) -> bool {
+        let was = self.recv == Recv::Starved;
+        if was {
+            self.recv = Recv::Idle;
+        }
+        was
+    }
+
+    /// Hands the descriptor of a finished connection to a close request; the connection
+    /// (its queue, its buffers) is dropped here.
+    pub fn close(mut self, io: &mut Io<'_, '_>) {
+        debug_assert!(!self.in_flight(), "closing a connection with requests in flight");
+        if let Some(fd) = self.fd.take() {
+            let e = opcode::Close::new(types::Fd(fd.into_raw_fd())).build();
+            self.push(io, e, Op::Close);
+        }
+    }
+
+    /// The reason its row gives: why it was closing, or `shutdown` if it was still open
+    /// when its worker ended.
+    pub fn close_reason(&self) -> CloseReason {
+        match self.phase {
+            Phase::Closing(r) => r,
+            Phase::Open => CloseReason::Shutdown,
+        }
+    }
+
+    /// The descriptor of a connection with nothing in flight (its buffers are freed).
+    pub fn into_fd(mut self) -> Option<OwnedFd> {
+        self.fd.take()
+    }
+
+    /// For a worker that cannot wait for the kernel: the descriptor is closed, but any
+    /// buffer the kernel might still write into is leaked, never freed.
+    pub fn abandon(mut self) -> Option<OwnedFd> {
+        std::mem::forget(self.own.take());
+        std::mem::forget(std::mem::take(&mut self.queue));
+        self.fd.take()
+    }
+}

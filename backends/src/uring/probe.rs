@@ -1,0 +1,192 @@
+//! What the kernel's io_uring offers, found at start: every feature probed with a
+//! fallback, so the backend runs on any kernel from 5.19 and says what it used.
+
+use std::io;
+
+use io_uring::{opcode, IoUring, Probe};
+
+use super::buf_ring::BufRing;
+use crate::config::UringOptions;
+use crate::sys;
+
+/// How completions are run in the submitting task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Taskrun {
+    /// SINGLE_ISSUER | DEFER_TASKRUN: only when we wait, in our thread, batched.
+    Defer,
+    /// COOP_TASKRUN: no interrupting IPIs, run at the next transition to the kernel.
+    Coop,
+    /// Neither (older kernels).
+    Plain,
+}
+
+/// What the kernel offers and what we use.
+#[derive(Clone, Debug)]
+pub struct Features {
+    pub cq_entries: u32,
+    pub buffers: u16,
+    pub buffer_size: usize,
+    taskrun: Taskrun,
+    submit_all: bool,
+    pub multishot_accept: bool,
+    pub multishot_recv: bool,
+    pub bufring: bool,
+    pub min_wait: bool,
+    sqpoll: bool,
+    pub registered_ring_fd: bool,
+}
+
+fn unavailable(e: io::Error) -> io::Error {
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|s| format!("kernel.io_uring_disabled={}", s.trim()))
+        .unwrap_or_else(|_| "kernel.io_uring_disabled unknown".into());
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "io_uring is unavailable here (io_uring_setup: {e}; {disabled}; a seccomp filter such as a \
+             container's default profile also blocks it); use --backend epoll"
+        ),
+    )
+}
+
+impl Features {
+    /// Probes the kernel: fails with one clear line if io_uring cannot be used at all or
+    /// lacks an operation we need; otherwise records which optional features to use.
+    pub fn probe(opts: &UringOptions) -> io::Result<Features> {
+        // Probe rings are made and torn down on a throwaway thread: tearing a ring down
+        // queues exit work that interrupts its creating thread later (TIF_NOTIFY_SIGNAL),
+        // and a caller blocked in a socket read with a timeout would see EINTR.
+        std::thread::scope(|s| {
+            s.spawn(|| Self::probe_here(opts))
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("io_uring probe panicked")))
+        })
+    }
+
+    fn probe_here(opts: &UringOptions) -> io::Result<Features> {
+        let ring = IoUring::new(8).map_err(unavailable)?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe).map_err(unavailable)?;
+        for (code, name) in [
+            (opcode::MsgRingData::CODE, "IORING_OP_MSG_RING (Linux 5.18)"),
+            (opcode::Accept::CODE, "IORING_OP_ACCEPT"),
+            (opcode::Recv::CODE, "IORING_OP_RECV"),
+            (opcode::Send::CODE, "IORING_OP_SEND"),
+            (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+            (opcode::Close::CODE, "IORING_OP_CLOSE"),
+            (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
+            (opcode::Timeout::CODE, "IORING_OP_TIMEOUT"),
+        ] {
+            if !probe.is_supported(code) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("io_uring on this kernel lacks {name}; use --backend epoll"),
+                ));
+            }
+        }
+        let works = |f: &dyn Fn(&mut io_uring::Builder)| {
+            let mut b = IoUring::builder();
+            f(&mut b);
+            b.build(8).is_ok()
+        };
+        let sqpoll = opts.sqpoll
+            && works(&|b| {
+                b.setup_sqpoll(1000);
+            });
+        // With SQPOLL the kernel thread runs completions, so the task-run flags are
+        // refused (EINVAL) alongside it.
+        let taskrun = if sqpoll {
+            Taskrun::Plain
+        } else if opts.defer_taskrun
+            && works(&|b| {
+                b.setup_single_issuer().setup_defer_taskrun();
+            })
+        {
+            Taskrun::Defer
+        } else if works(&|b| {
+            b.setup_coop_taskrun();
+        }) {
+            Taskrun::Coop
+        } else {
+            Taskrun::Plain
+        };
+        let submit_all = works(&|b| {
+            b.setup_submit_all();
+        });
+        let kernel = sys::kernel_version();
+        let bufring = opts.bufring && kernel >= (5, 19) && BufRing::new(&ring.submitter(), 8, 64).is_ok();
+        let feat = Features {
+            cq_entries: opts.cq_entries,
+            buffers: opts.buffers,
+            buffer_size: opts.buffer_size,
+            taskrun,
+            submit_all,
+            multishot_accept: opts.multishot && kernel >= (5, 19),
+            // Multishot receive needs buffer selection, hence a buffer ring.
+            multishot_recv: opts.multishot && bufring && kernel >= (6, 0),
+            bufring,
+            min_wait: ring.params().is_feature_min_timeout(),
+            sqpoll,
+            registered_ring_fd: kernel >= (5, 18),
+        };
+        // The flags were probed one by one; make sure the combination is accepted too.
+        feat.build_ring(8, 16)?;
+        Ok(feat)
+    }
+
+    /// A ring with these features, `entries` submission and `cq_entries` completion slots.
+    pub fn build_ring(&self, entries: u32, cq_entries: u32) -> io::Result<IoUring> {
+        let f = self;
+        let mut b = IoUring::builder();
+        b.setup_cqsize(cq_entries);
+        match f.taskrun {
+            Taskrun::Defer => {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }
+            Taskrun::Coop => {
+                b.setup_coop_taskrun();
+            }
+            Taskrun::Plain => {}
+        }
+        if f.submit_all {
+            b.setup_submit_all();
+        }
+        if f.sqpoll {
+            b.setup_sqpoll(1000);
+        }
+        b.build(entries).map_err(|e| match e.raw_os_error() {
+            Some(libc::EPERM | libc::ENOSYS | libc::EACCES) => unavailable(e),
+            _ => {
+                io::Error::new(e.kind(), format!("cannot set up an io_uring with the probed features ({self:?}): {e}"))
+            }
+        })
+    }
+
+    /// The features in use, for the summary and env.json.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let on = |b: bool| if b { "on" } else { "off" }.to_string();
+        vec![
+            ("handoff".into(), "msg_ring".into()),
+            ("multishot_accept".into(), on(self.multishot_accept)),
+            ("multishot_recv".into(), on(self.multishot_recv)),
+            (
+                "bufring".into(),
+                if self.bufring { format!("{}x{}B", self.buffers, self.buffer_size) } else { "off".into() },
+            ),
+            (
+                "taskrun".into(),
+                match self.taskrun {
+                    Taskrun::Defer => "single_issuer+defer_taskrun",
+                    Taskrun::Coop => "coop_taskrun",
+                    Taskrun::Plain => "plain",
+                }
+                .into(),
+            ),
+            ("submit_all".into(), on(self.submit_all)),
+            ("registered_ring_fd".into(), on(self.registered_ring_fd)),
+            ("registered_listener".into(), "on".into()),
+            ("min_wait".into(), on(self.min_wait)),
+            ("sqpoll".into(), on(self.sqpoll)),
+        ]
+    }
+}

@@ -1,0 +1,42 @@
+//! What a completion is for: `user_data` is tag (8 bits) | generation (24 bits) | slot
+//! (32 bits). The tag names the operation; the key names the connection and which of the
+//! slot's connections it was, so a stale completion never reaches a newer connection.
+//!
+//! Tags with the top bit set are not requests of the ring that reaps them — a doorbell
+//! posted into a worker's ring with `MSG_RING` — so they never count as in flight.
+
+use crate::table::Key;
+
+/// The doorbell's tag, the same in the acceptor's ring (a failed `MSG_RING`) and in the
+/// worker's (the posted completion).
+pub const WAKE: u8 = 0x80;
+
+pub fn pack(tag: u8, key: Key) -> u64 {
+    u64::from(tag) << 56 | key.pack()
+}
+
+pub fn tag(user_data: u64) -> u8 {
+    (user_data >> 56) as u8
+}
+
+pub fn key(user_data: u64) -> Key {
+    Key::unpack(user_data)
+}
+
+/// Whether a completion with this tag ends a request this ring submitted.
+pub fn is_request(tag: u8) -> bool {
+    tag & WAKE == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips_and_wake_is_not_a_request() {
+        let k = Key { slot: 123_456, gen: 0xAB_CDEF };
+        let ud = pack(3, k);
+        assert_eq!((tag(ud), key(ud)), (3, k));
+        assert!(is_request(3) && !is_request(WAKE));
+    }
+}

@@ -1,0 +1,149 @@
+//! One run spread over several client processes, each with its own descriptor and
+//! thread limits, started together and merged into one report.
+//!
+//! The protocol between a parent and a shard is three lines over the shard's stdin and
+//! stdout, so it works through any pipe (an `ssh` connection included): the shard
+//! connects everything and prints `ready`; the parent, once every shard is ready, writes
+//! `go` to all of them; each shard runs and prints its whole report as one JSON line.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use super::{blocking, check_limits, merge, summarise, ClientConfig, ClientError, ClientReport, ConnOutcome};
+use crate::results::{ClientSummary, ThreadRow};
+
+/// What a shard sends back.
+#[derive(Serialize, Deserialize)]
+pub struct ShardReport {
+    pub summary: ClientSummary,
+    pub rows: Vec<ThreadRow>,
+}
+
+/// The `ringbench client` arguments that make a shard run `connections` of `cfg`'s
+/// connections, numbered from `first`.
+pub fn shard_args(cfg: &ClientConfig, connections: usize, first: usize) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "client".into(),
+        "--server".into(),
+        cfg.server.to_string(),
+        "--connections".into(),
+        connections.to_string(),
+        "--requests".into(),
+        cfg.requests.to_string(),
+        "--size".into(),
+        cfg.size.to_string(),
+        "--timeout".into(),
+        cfg.timeout.as_secs_f64().to_string(),
+        "--label".into(),
+        cfg.label.clone(),
+        "--first-thread".into(),
+        first.to_string(),
+        "--shard-child".into(),
+    ];
+    if !cfg.source_ips.is_empty() {
+        let ips: Vec<String> = cfg.source_ips.iter().map(|ip| ip.to_string()).collect();
+        a.extend(["--source-ips".into(), ips.join(",")]);
+    }
+    a
+}
+
+/// Runs as a shard: connects, says `ready` on `output`, waits for `go` on `input`, runs,
+/// and writes the report as one JSON line. Returns whether every request was verified.
+pub fn serve_as_shard(cfg: &ClientConfig, input: impl BufRead, mut output: impl Write) -> Result<bool, ClientError> {
+    let mut input = input;
+    let report = blocking::run(cfg, || {
+        // A parent that has gone away cannot be told anything; the run then starts at once.
+        let _ = writeln!(output, "ready").and_then(|()| output.flush());
+        let mut go = String::new();
+        let _ = input.read_line(&mut go);
+    })?;
+    let ok = report.ok();
+    let line =
+        serde_json::to_string(&ShardReport { summary: report.summary, rows: report.rows }).map_err(io::Error::other)?;
+    writeln!(output, "{line}")?;
+    output.flush()?;
+    Ok(ok)
+}
+
+/// A started shard: its process and its output.
+pub struct Shard {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+    /// The connections it runs, numbered from `first`.
+    first: usize,
+    connections: usize,
+}
+
+impl Shard {
+    /// Starts `cmd` (which must run `ringbench client ... --shard-child`, locally or
+    /// through ssh) with piped stdin and stdout.
+    pub fn spawn(mut cmd: Command, first: usize, connections: usize) -> io::Result<Shard> {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let out = child.stdout.take().map(BufReader::new).ok_or_else(|| io::Error::other("shard stdout"))?;
+        Ok(Shard { child, out, first, connections })
+    }
+
+    /// Waits for its `ready` line; false if it ended first.
+    pub fn wait_ready(&mut self) -> bool {
+        let mut line = String::new();
+        matches!(self.out.read_line(&mut line), Ok(n) if n > 0) && line.trim() == "ready"
+    }
+
+    /// Tells it to start.
+    pub fn go(&mut self) {
+        if let Some(mut stdin) = self.child.stdin.take() {
+            let _ = stdin.write_all(b"go\n");
+        }
+    }
+
+    /// Waits for its report; a shard that failed counts each of its connections as
+    /// failed, with the reason.
+    pub fn finish(mut self, cfg: &ClientConfig, name: &str) -> ClientReport {
+        let mut line = String::new();
+        let _ = self.out.read_line(&mut line);
+        let status = self.child.wait();
+        match serde_json::from_str::<ShardReport>(line.trim()) {
+            Ok(r) => ClientReport { summary: r.summary, rows: r.rows },
+            Err(_) => {
+                let why = match status {
+                    Ok(st) => format!("{name} failed ({st})"),
+                    Err(e) => format!("{name} failed ({e})"),
+                };
+                let part = ClientConfig { connections: self.connections, ..cfg.clone() };
+                let failed = (self.first..self.first + self.connections)
+                    .map(|t| ConnOutcome::failed(&part, t, why.clone()))
+                    .collect();
+                summarise(&part, failed, 0.0)
+            }
+        }
+    }
+}
+
+/// Splits the connections over `cfg.processes` child processes of this binary, starts
+/// them all at once, and merges what they report.
+pub fn run(cfg: &ClientConfig) -> Result<ClientReport, ClientError> {
+    check_limits(cfg)?;
+    let exe = std::env::current_exe()?;
+    let n = cfg.processes.min(cfg.connections).max(1);
+    let mut shards = Vec::with_capacity(n);
+    let mut first = cfg.first_thread;
+    for i in 0..n {
+        let share = cfg.connections / n + usize::from(i < cfg.connections % n);
+        let mut cmd = Command::new(&exe);
+        cmd.args(shard_args(cfg, share, first)).stderr(Stdio::inherit());
+        shards.push(Shard::spawn(cmd, first, share)?);
+        first += share;
+    }
+    // Every shard connects, says "ready", and waits for "go": the measured phase starts
+    // together across processes, as it does across threads.
+    for s in &mut shards {
+        s.wait_ready();
+    }
+    for s in &mut shards {
+        s.go();
+    }
+    let parts = shards.into_iter().enumerate().map(|(i, s)| s.finish(cfg, &format!("client process {i}"))).collect();
+    Ok(merge(cfg, parts))
+}

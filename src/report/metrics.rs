@@ -1,0 +1,184 @@
+//! The one table of figures a report shows. Each entry says how a run's value is computed
+//! and where it appears: its column in `overall.csv`/`overall.json`, its column in
+//! `summary.md`, its chart. Adding a figure to the report is one entry here.
+
+use hdrhistogram::Histogram;
+use ringbench_backends::ServerSummary;
+
+use crate::results::{ClientSummary, ThreadRow};
+
+/// Which way is better, for sentences and chart subtitles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Better {
+    Lower,
+    Higher,
+}
+
+impl Better {
+    pub fn phrase(self) -> &'static str {
+        match self {
+            Better::Lower => "lower is better",
+            Better::Higher => "higher is better",
+        }
+    }
+}
+
+/// How a chart shows a figure.
+pub struct ChartSpec {
+    /// File name without extension.
+    pub file: &'static str,
+    /// The y axis.
+    pub axis: &'static str,
+    /// From the stored unit to the axis's (1e3: seconds shown as milliseconds).
+    pub scale: f64,
+}
+
+/// A figure of the report.
+pub struct Metric {
+    /// Its column in `overall.csv`, with its unit (`throughput_rps`).
+    pub key: &'static str,
+    pub title: &'static str,
+    /// How a sentence names it ("CPU per request").
+    pub what: &'static str,
+    pub better: Better,
+    /// Decimals kept in `overall.csv`.
+    pub digits: i32,
+    /// One of the headline columns at the front of `overall.csv` (the seed's and ours).
+    pub headline: bool,
+    /// Its `summary.md` column: header and decimals.
+    pub table: Option<(&'static str, usize)>,
+    pub chart: Option<ChartSpec>,
+    /// Its value for one run; `None` when the run has no such figure (n/a).
+    pub of: fn(&RunView) -> Option<f64>,
+}
+
+/// One run as the metrics see it: every client host's rows and summaries, their merged
+/// latency histogram, and the server's summary when there is one.
+pub struct RunView<'a> {
+    pub rows: Vec<&'a ThreadRow>,
+    pub summaries: Vec<&'a ClientSummary>,
+    /// Every host's round trips merged; `None` if a host's histogram is missing.
+    pub latency: Option<Histogram<u64>>,
+    pub server: Option<&'a ServerSummary>,
+    /// Requests completed and verified, over every host.
+    pub requests: u64,
+}
+
+impl RunView<'_> {
+    fn mean_of_rows(&self, f: fn(&ThreadRow) -> f64) -> Option<f64> {
+        (!self.rows.is_empty()).then(|| self.rows.iter().map(|r| f(r)).sum::<f64>() / self.rows.len() as f64)
+    }
+
+    /// A latency percentile in µs from the merged histogram, or — without one — the worst
+    /// host's own figure, the honest bound.
+    fn latency_us(&self, q: f64, per_host: fn(&ClientSummary) -> f64) -> Option<f64> {
+        match &self.latency {
+            Some(h) if !h.is_empty() => Some(h.value_at_quantile(q) as f64 / 1e3),
+            _ => self.summaries.iter().map(|s| per_host(s)).reduce(f64::max),
+        }
+    }
+
+    /// A server figure per verified request.
+    fn per_request(&self, f: fn(&ServerSummary) -> f64) -> Option<f64> {
+        let s = self.server?;
+        (self.requests > 0).then(|| f(s) / self.requests as f64)
+    }
+}
+
+pub const METRICS: &[Metric] = &[
+    Metric {
+        key: "avg_total_duration_s",
+        title: "AvgTotalDuration: time for each connection's requests",
+        what: "average total duration",
+        better: Better::Lower,
+        digits: 6,
+        headline: true,
+        table: Some(("AvgTotalDuration s", 4)),
+        chart: Some(ChartSpec { file: "avg_total_duration", axis: "seconds (mean over connections)", scale: 1.0 }),
+        of: |r| r.mean_of_rows(|t| t.total_duration_s),
+    },
+    Metric {
+        key: "avg_response_time_s",
+        title: "AvgResponseTime: mean round trip per request",
+        what: "average response time",
+        better: Better::Lower,
+        digits: 9,
+        headline: true,
+        table: Some(("AvgResponseTime s", 6)),
+        chart: Some(ChartSpec {
+            file: "avg_response_time",
+            axis: "milliseconds per round trip (closed-loop)",
+            scale: 1e3,
+        }),
+        of: |r| r.mean_of_rows(|t| t.avg_response_s),
+    },
+    Metric {
+        key: "throughput_rps",
+        title: "Throughput",
+        what: "throughput",
+        better: Better::Higher,
+        digits: 1,
+        headline: true,
+        table: Some(("req/s", 0)),
+        chart: Some(ChartSpec { file: "throughput", axis: "verified requests per second", scale: 1.0 }),
+        of: |r| (!r.summaries.is_empty()).then(|| r.summaries.iter().map(|s| s.throughput_rps).sum()),
+    },
+    Metric {
+        key: "p50_response_us",
+        title: "p50 round-trip latency",
+        what: "median latency",
+        better: Better::Lower,
+        digits: 1,
+        headline: true,
+        table: Some(("p50 µs", 0)),
+        chart: None,
+        of: |r| r.latency_us(0.50, |s| s.latency_p50_us),
+    },
+    Metric {
+        key: "p99_response_us",
+        title: "p99 round-trip latency",
+        what: "p99 latency",
+        better: Better::Lower,
+        digits: 1,
+        headline: true,
+        table: Some(("p99 µs", 0)),
+        chart: Some(ChartSpec { file: "p99_latency", axis: "milliseconds (closed-loop)", scale: 1e-3 }),
+        of: |r| r.latency_us(0.99, |s| s.latency_p99_us),
+    },
+    Metric {
+        key: "server_cpu_us_per_request",
+        title: "Server CPU per request",
+        what: "CPU per request",
+        better: Better::Lower,
+        digits: 3,
+        headline: true,
+        table: Some(("CPU µs/req", 2)),
+        chart: Some(ChartSpec { file: "cpu_per_request", axis: "µs of CPU (user + sys) per request", scale: 1.0 }),
+        of: |r| r.per_request(|s| (s.cpu_user_s + s.cpu_sys_s) * 1e6),
+    },
+    Metric {
+        key: "server_syscalls_per_request",
+        title: "Server syscalls per request",
+        what: "syscalls per request",
+        better: Better::Lower,
+        digits: 4,
+        headline: true,
+        table: Some(("syscalls/req", 3)),
+        chart: Some(ChartSpec {
+            file: "syscalls_per_request",
+            axis: "syscalls per request (server's own count)",
+            scale: 1.0,
+        }),
+        of: |r| r.per_request(|s| s.syscalls_total as f64),
+    },
+];
+
+/// The metric with column `key`.
+pub fn metric(key: &str) -> Option<&'static Metric> {
+    METRICS.iter().find(|m| m.key == key)
+}
+
+/// The position of `m` in [`METRICS`].
+pub fn index(m: &Metric) -> usize {
+    METRICS.iter().position(|x| x.key == m.key).unwrap_or(usize::MAX)
+}

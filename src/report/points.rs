@@ -1,0 +1,198 @@
+//! From runs to points: each run's figures (every metric, and whether the run counts),
+//! then each point's spread over its repeats.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+
+use super::load::Run;
+use super::metrics::{index, Metric, RunView, METRICS};
+use crate::results::{decode_histogram, ClientSummary, RunKey, ThreadRow};
+
+/// The figures of one run, over all its client hosts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunFigures {
+    pub ok: bool,
+    pub connections: usize,
+    pub requests_per_connection: u64,
+    pub requests: u64,
+    pub errors: u64,
+    /// One value per entry of [`METRICS`]; `None` is n/a.
+    pub values: Vec<Option<f64>>,
+    /// Why the run counts as failed (empty when ok).
+    pub problems: Vec<String>,
+}
+
+/// The merged latency histogram of every host, if every host has one.
+fn merged_latency(summaries: &[&ClientSummary]) -> Option<Histogram<u64>> {
+    // Auto-resizing, so histograms of any range merge into it.
+    let mut merged = Histogram::<u64>::new(3).ok()?;
+    for s in summaries {
+        merged.add(&decode_histogram(&s.latency_histogram)?).ok()?;
+    }
+    (!summaries.is_empty()).then_some(merged)
+}
+
+/// Computes a run's figures. Several client hosts are merged like the seed's two clients:
+/// means over all their connections, throughputs added, latency histograms merged.
+pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
+    let rows: Vec<&ThreadRow> = run.clients.iter().flat_map(|c| c.rows.iter()).collect();
+    let summaries: Vec<&ClientSummary> = run.clients.iter().filter_map(|c| c.summary.as_ref()).collect();
+    let requests = rows.iter().map(|r| r.requests).sum();
+    let view = RunView { latency: merged_latency(&summaries), rows, summaries, server: run.server.as_ref(), requests };
+    let mut f = RunFigures {
+        connections: if view.summaries.is_empty() {
+            view.rows.len()
+        } else {
+            view.summaries.iter().map(|s| s.connections).sum()
+        },
+        requests_per_connection: view.summaries.first().map_or(0, |s| s.requests_per_connection),
+        requests,
+        errors: view.rows.iter().map(|r| r.errors).sum(),
+        values: METRICS.iter().map(|m| (m.of)(&view)).collect(),
+        ..RunFigures::default()
+    };
+    f.problems = problems(key, run, &f);
+    f.ok = f.problems.is_empty();
+    f
+}
+
+/// Why a run does not count: lost bytes or requests, a missing or incomplete server log.
+fn problems(key: &RunKey, run: &Run, f: &RunFigures) -> Vec<String> {
+    let mut p = Vec::new();
+    match &run.server {
+        Some(s) => {
+            if let Some(logged) = run.server_log_rows {
+                if logged as u64 != s.connections + s.rejected {
+                    p.push(format!("server log has {logged} rows for {} connections", s.connections + s.rejected));
+                }
+            }
+            if s.log_rows_lost > 0 {
+                p.push(format!("server could not write {} log rows", s.log_rows_lost));
+            }
+        }
+        None => p.push("no server summary (server did not exit cleanly)".into()),
+    }
+    if run.clients.iter().all(|c| c.summary.is_none()) {
+        p.push("no client output".into());
+    }
+    if f.errors > 0 {
+        p.push(format!("{} client errors", f.errors));
+    }
+    let expected = f.connections as u64 * f.requests_per_connection;
+    if f.requests != expected {
+        p.push(format!("{} of {expected} requests verified", f.requests));
+    }
+    if f.connections != key.connections {
+        p.push(format!("{} connections reported for a {}-connection point", f.connections, key.connections));
+    }
+    p
+}
+
+/// A figure over the repeats of one point.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Spread {
+    pub mean: f64,
+    /// Sample standard deviation (0 with one repeat).
+    pub sd: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Each repeat's value, by repeat number.
+    pub samples: Vec<(usize, f64)>,
+}
+
+impl Spread {
+    /// The spread of `samples`; `None` when there are none.
+    pub fn of(samples: Vec<(usize, f64)>) -> Option<Spread> {
+        if samples.is_empty() {
+            return None;
+        }
+        let n = samples.len() as f64;
+        let mean = samples.iter().map(|s| s.1).sum::<f64>() / n;
+        let var =
+            if samples.len() > 1 { samples.iter().map(|s| (s.1 - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        Some(Spread {
+            mean,
+            sd: var.sqrt(),
+            min: samples.iter().map(|s| s.1).fold(f64::INFINITY, f64::min),
+            max: samples.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max),
+            samples,
+        })
+    }
+}
+
+/// One point of the sweep (backend × connections × size), over its repeats.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    pub backend: String,
+    pub connections: usize,
+    pub size_bytes: usize,
+    pub ok: bool,
+    pub requests_per_connection: u64,
+    pub repeats: usize,
+    pub errors: u64,
+    pub problems: Vec<String>,
+    /// One spread per entry of [`METRICS`]; `None` is n/a.
+    pub values: Vec<Option<Spread>>,
+}
+
+impl Point {
+    /// The point's spread of `m`, if it has one.
+    pub fn get(&self, m: &Metric) -> Option<&Spread> {
+        self.values.get(index(m)).and_then(Option::as_ref)
+    }
+}
+
+/// A point's identity in sort order: backend rank and name, size, connections.
+type PointKey = (usize, String, usize, usize);
+
+/// Groups runs into points, in backend order of first appearance in `order` (then by
+/// name), then by size and connections.
+pub fn points(runs: &BTreeMap<RunKey, Run>, order: &[String]) -> Vec<Point> {
+    let rank = |b: &str| order.iter().position(|x| x == b).unwrap_or(order.len());
+    let mut groups: BTreeMap<PointKey, Vec<(usize, RunFigures)>> = BTreeMap::new();
+    for (key, run) in runs {
+        let g = (rank(&key.backend), key.backend.clone(), key.size_bytes, key.connections);
+        groups.entry(g).or_default().push((key.repeat, figures(key, run)));
+    }
+    let mut out: Vec<Point> = groups
+        .into_iter()
+        .map(|((_, backend, size_bytes, connections), figs)| Point {
+            backend,
+            connections,
+            size_bytes,
+            ok: figs.iter().all(|(_, f)| f.ok),
+            requests_per_connection: figs.iter().map(|(_, f)| f.requests_per_connection).max().unwrap_or(0),
+            repeats: figs.len(),
+            errors: figs.iter().map(|(_, f)| f.errors).sum(),
+            problems: figs.iter().flat_map(|(_, f)| f.problems.iter().cloned()).collect(),
+            values: (0..METRICS.len())
+                .map(|i| Spread::of(figs.iter().filter_map(|(r, f)| f.values[i].map(|v| (*r, v))).collect()))
+                .collect(),
+        })
+        .collect();
+    // Sizes, then connections, ascending; backends keep their order within each.
+    out.sort_by_key(|p| (p.size_bytes, p.connections, rank(&p.backend)));
+    out
+}
+
+/// The request sizes swept, ascending.
+pub fn sizes(points: &[Point]) -> Vec<usize> {
+    let mut s: Vec<usize> = points.iter().map(|p| p.size_bytes).collect();
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_mean_sd_min_max() {
+        let s = Spread::of(vec![(1, 1.0), (2, 2.0), (3, 6.0)]).unwrap();
+        assert_eq!((s.mean, s.min, s.max), (3.0, 1.0, 6.0));
+        assert!((s.sd - 7f64.sqrt()).abs() < 1e-12);
+        assert_eq!(Spread::of(Vec::new()), None);
+    }
+}

@@ -1,0 +1,176 @@
+//! What a run produces, as data: the client's per-connection rows and summary, the raw
+//! file names of a sweep, and latency histograms in a form that merges across hosts.
+//!
+//! The client writes these, the sweep names them, and the report reads them; the report
+//! depends on nothing else of the tool.
+
+use std::io;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// One row of the client CSV: what one thread (one connection) did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThreadRow {
+    pub thread: usize,
+    pub label: String,
+    /// Requests completed and verified.
+    pub requests: u64,
+    /// Bytes echoed back and verified.
+    pub bytes: u64,
+    /// From the start gate to the thread's last reply (the seed's "Total Duration").
+    pub total_duration_s: f64,
+    /// Mean round-trip time of its requests (the seed's "Avg Response").
+    pub avg_response_s: f64,
+    pub p50_response_s: f64,
+    pub p99_response_s: f64,
+    pub max_response_s: f64,
+    /// Errors on this connection (a connection stops at its first error, so 0 or 1).
+    pub errors: u64,
+    /// The first error's text; empty if none.
+    pub error: String,
+}
+
+/// The run as a whole: printed on stdout and written with `--json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClientSummary {
+    pub label: String,
+    pub server: String,
+    pub connections: usize,
+    pub connections_ok: usize,
+    pub connections_failed: usize,
+    pub requests_per_connection: u64,
+    pub size_bytes: usize,
+    /// Requests completed and verified, over all connections.
+    pub requests: u64,
+    pub bytes: u64,
+    /// Threads whose run ended with an error (failed connects included).
+    pub errors: u64,
+    /// From the start gate until the last thread finished.
+    pub wall_s: f64,
+    pub throughput_rps: f64,
+    pub latency_mean_us: f64,
+    pub latency_p50_us: f64,
+    pub latency_p90_us: f64,
+    pub latency_p99_us: f64,
+    pub latency_p999_us: f64,
+    pub latency_max_us: f64,
+    /// The seed's AvgTotalDuration: the mean of the threads' total durations.
+    pub avg_total_duration_s: f64,
+    /// The seed's AvgResponseTime: the mean of the threads' mean round trips.
+    pub avg_response_time_s: f64,
+    /// Time to establish the connections before the start gate.
+    pub connect_mean_s: f64,
+    pub connect_max_s: f64,
+    pub latency_model: String,
+    /// Every round trip in nanoseconds as an HdrHistogram (V2 serialization, base64), so
+    /// reports can merge the latencies of several client hosts exactly.
+    #[serde(default)]
+    pub latency_histogram: String,
+}
+
+/// How to read the latency figures; printed with them.
+pub const LATENCY_MODEL: &str =
+    "closed-loop: one request in flight per connection; each latency is one full round trip";
+
+/// A histogram as base64 of its V2 serialization (empty if it cannot be serialized).
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    use base64::Engine;
+    use hdrhistogram::serialization::Serializer;
+    let mut buf = Vec::new();
+    match hdrhistogram::serialization::V2Serializer::new().serialize(h, &mut buf) {
+        Ok(_) => base64::engine::general_purpose::STANDARD.encode(buf),
+        Err(_) => String::new(),
+    }
+}
+
+/// The inverse of [`encode_histogram`].
+pub fn decode_histogram(s: &str) -> Option<Histogram<u64>> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    hdrhistogram::serialization::Deserializer::new().deserialize(&mut bytes.as_slice()).ok()
+}
+
+/// Writes the per-thread CSV (whole, or an error naming the file).
+pub fn write_rows_csv(path: &Path, rows: &[ThreadRow]) -> anyhow::Result<()> {
+    crate::files::write_csv(path, rows)
+}
+
+/// Reads a per-thread CSV back.
+pub fn read_rows_csv(path: &Path) -> io::Result<Vec<ThreadRow>> {
+    let mut r = csv::Reader::from_path(path).map_err(io::Error::other)?;
+    r.deserialize().map(|row| row.map_err(io::Error::other)).collect()
+}
+
+/// Which run a raw file belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunKey {
+    pub backend: String,
+    pub connections: usize,
+    pub size_bytes: usize,
+    pub repeat: usize,
+}
+
+impl RunKey {
+    /// The file-name stem, e.g. `uring_c1000_s64_r2`.
+    pub fn stem(&self) -> String {
+        format!("{}_c{}_s{}_r{}", self.backend, self.connections, self.size_bytes, self.repeat)
+    }
+
+    /// Parses a stem written by [`RunKey::stem`].
+    pub fn parse(stem: &str) -> Option<RunKey> {
+        let mut parts = stem.rsplitn(4, '_');
+        let repeat = parts.next()?.strip_prefix('r')?.parse().ok()?;
+        let size_bytes = parts.next()?.strip_prefix('s')?.parse().ok()?;
+        let connections = parts.next()?.strip_prefix('c')?.parse().ok()?;
+        let backend = parts.next()?.to_string();
+        (!backend.is_empty()).then_some(RunKey { backend, connections, size_bytes, repeat })
+    }
+}
+
+impl std::fmt::Display for ClientSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "ringbench client summary ({})", self.label)?;
+        writeln!(f, "  server             {}", self.server)?;
+        writeln!(
+            f,
+            "  connections        {} ok, {} failed of {}",
+            self.connections_ok, self.connections_failed, self.connections
+        )?;
+        writeln!(
+            f,
+            "  requests           {} verified ({} per connection x {} bytes), {} bytes, {} errors",
+            self.requests, self.requests_per_connection, self.size_bytes, self.bytes, self.errors
+        )?;
+        writeln!(f, "  wall               {:.3} s   throughput {:.0} req/s", self.wall_s, self.throughput_rps)?;
+        writeln!(
+            f,
+            "  latency (us)       mean {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            self.latency_mean_us,
+            self.latency_p50_us,
+            self.latency_p90_us,
+            self.latency_p99_us,
+            self.latency_p999_us,
+            self.latency_max_us
+        )?;
+        writeln!(f, "  latency model      {}", self.latency_model)?;
+        writeln!(f, "  AvgTotalDuration   {:.6} s", self.avg_total_duration_s)?;
+        writeln!(f, "  AvgResponseTime    {:.6} s", self.avg_response_time_s)?;
+        write!(f, "  connect            mean {:.6} s, max {:.6} s", self.connect_mean_s, self.connect_max_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_keys_round_trip_with_hyphenated_backends() {
+        let k = RunKey { backend: "uring-no-bufring".into(), connections: 1500, size_bytes: 64, repeat: 3 };
+        assert_eq!(k.stem(), "uring-no-bufring_c1500_s64_r3");
+        assert_eq!(RunKey::parse(&k.stem()), Some(k));
+        assert_eq!(RunKey::parse("notes"), None);
+        assert_eq!(RunKey::parse("_c1_s1_r1"), None);
+    }
+}
