@@ -3,7 +3,9 @@
 //! Exit status: 0 success; 1 a failure of the environment or of the run (port in use,
 //! unwritable file, unreachable server, lost bytes); 2 bad arguments; 130 interrupted.
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -35,36 +37,125 @@ fn run_server(o: ServerOptions) -> anyhow::Result<ExitCode> {
         files::check_writable(p)?;
     }
     cfg.notices = Some(ringbench_backends::NoticeSink(std::sync::Arc::new(|n| eprintln!("ringbench: {n}"))));
-    // Signals are routed to a thread before the server exists, so a SIGTERM that arrives
-    // during start-up is not lost and never kills the process half-way.
-    let mut signals =
-        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]).context("cannot install signal handlers")?;
+    // Handlers go in before the server exists, so a signal during start-up is not lost.
+    stop_signals::install().context("cannot install signal handlers")?;
     let handle = ringbench_backends::start(variant.backend, cfg)?;
     let shared = handle.shared();
+    stop_signals::serve(std::sync::Arc::clone(&shared));
     eprintln!(
         "ringbench: {} server {LISTENING_ON}{} with {} workers (SIGINT/SIGTERM stops it)",
         variant.name,
         handle.local_addr(),
         shared.workers
     );
-    std::thread::Builder::new().name("ringbench-signals".into()).spawn(move || {
-        let mut count = 0;
-        for _ in signals.forever() {
-            count += 1;
-            if count == 1 {
-                shared.stop.trigger();
-            } else {
-                // A second signal means "now": skip the orderly shutdown.
-                std::process::exit(130);
-            }
-        }
-    })?;
     let summary = handle.wait()?;
-    eprintln!("{summary}");
+    // One write, so the summary is not interleaved with anything else.
+    let text = format!("{summary}\n");
+    let _ = std::io::stderr().write_all(text.as_bytes());
     if let Some(p) = &summary_json {
         files::write_json(p, &summary)?;
     }
-    Ok(if summary.complete() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    // A second signal means the operator interrupted: 130, even if the orderly stop had
+    // finished by the time it arrived.
+    Ok(if summary.aborted || shared.stop.is_abort() {
+        ExitCode::from(130)
+    } else if summary.complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// SIGINT and SIGTERM for the server: the first stops it in order; the second aborts
+/// (skip the orderly close, still write every row and the summary), and if that has not
+/// ended the process within [`ABORT_DEADLINE`], it exits anyway.
+///
+/// Signals are counted in the handler itself: an iterator thread would see two signals
+/// that arrive before it wakes as one, and an impatient double Ctrl-C would be lost.
+mod stop_signals {
+    use std::io;
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+    use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
+
+    use ringbench_backends::{sys, Shared};
+
+    use super::ABORT_DEADLINE;
+
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    static SERVER: OnceLock<Arc<Shared>> = OnceLock::new();
+    /// The eventfd that wakes the deadline thread on an abort.
+    static DEADLINE_FD: AtomicI32 = AtomicI32::new(-1);
+    static DEADLINE: OnceLock<OwnedFd> = OnceLock::new();
+
+    /// What the `n`th signal does to the server.
+    fn act(shared: &Shared, n: usize) {
+        if n == 1 {
+            shared.stop.trigger();
+        } else if n > 1 {
+            shared.stop.abort();
+            let fd = DEADLINE_FD.load(Ordering::SeqCst);
+            if fd >= 0 {
+                // SAFETY: write(2) of 8 bytes from a stack array to an eventfd we keep
+                // open for the life of the process; async-signal-safe.
+                unsafe { libc::write(fd, 1u64.to_ne_bytes().as_ptr().cast(), 8) };
+            }
+        }
+    }
+
+    fn on_signal() {
+        let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(sh) = SERVER.get() {
+            act(sh, n);
+        }
+    }
+
+    pub fn install() -> io::Result<()> {
+        if DEADLINE.get().is_none() {
+            let _ = DEADLINE.set(sys::eventfd()?);
+        }
+        if let Some(fd) = DEADLINE.get() {
+            DEADLINE_FD.store(fd.as_raw_fd(), Ordering::SeqCst);
+        }
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: the handler only does async-signal-safe things: atomic operations,
+            // a lock-free OnceLock read, and write(2) to eventfds (the stop signal's and
+            // the deadline's).
+            unsafe { signal_hook::low_level::register(sig, on_signal) }?;
+        }
+        Ok(())
+    }
+
+    /// From now on signals act on `shared`; signals that came before act now.
+    pub fn serve(shared: Arc<Shared>) {
+        let _ = SERVER.set(Arc::clone(&shared));
+        act(&shared, COUNT.load(Ordering::SeqCst));
+        let spawned = std::thread::Builder::new().name("ringbench-deadline".into()).spawn(|| {
+            let Some(fd) = DEADLINE.get() else { return };
+            if sys::poll_one(fd.as_fd(), libc::POLLIN, -1).is_ok() {
+                std::thread::sleep(ABORT_DEADLINE);
+                eprintln!("ringbench: still stopping {} s after the second signal; exiting", ABORT_DEADLINE.as_secs());
+                std::process::exit(130);
+            }
+        });
+        if let Err(e) = spawned {
+            eprintln!("ringbench: no deadline for an aborted stop ({e})");
+        }
+    }
+}
+
+/// How long a server may take to write its rows and summary after a second signal.
+const ABORT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Prints to standard output; a closed pipe ends the program quietly (as `head` expects),
+/// any other failure is one line.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(anyhow::anyhow!("cannot write to standard output: {e}")),
+    }
 }
 
 fn run_client(o: ClientOptions) -> anyhow::Result<ExitCode> {
@@ -85,10 +176,11 @@ fn run_client(o: ClientOptions) -> anyhow::Result<ExitCode> {
     if let Some(p) = &json {
         files::write_json(p, &report.summary)?;
     }
-    println!("{}", report.summary);
+    let mut text = report.summary.to_string();
     if let Some(first) = report.rows.iter().find(|r| r.errors > 0) {
-        println!("  first error        thread {}: {}", first.thread, first.error);
+        text += &format!("\n  first error        thread {}: {}", first.thread, first.error);
     }
+    print_out(&text)?;
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
@@ -102,11 +194,12 @@ fn client_error(e: client::ClientError) -> anyhow::Error {
 
 fn run_report(dir: &std::path::Path, order: &[String]) -> anyhow::Result<ExitCode> {
     let built = report::build(dir, order)?;
+    let failed = built.points.iter().filter(|p| !p.ok).count();
+    print_out(&dir.join("summary.md").display().to_string())?;
+    eprintln!("ringbench report: {} points ({failed} failed) from {}", built.points.len(), dir.join("raw").display());
     if let Some(why) = &built.charts_failed {
         eprintln!("ringbench report: charts not drawn: {why}");
+        return Ok(ExitCode::from(1));
     }
-    let failed = built.points.iter().filter(|p| !p.ok).count();
-    println!("{}", dir.join("summary.md").display());
-    eprintln!("ringbench report: {} points ({failed} failed) from {}", built.points.len(), dir.join("raw").display());
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,7 @@
 //! against a fresh server process, backends interleaved within each point so machine drift
 //! hits them alike. Raw files first; the report is then built from them alone.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -160,9 +160,10 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     if let Some(why) = &built.charts_failed {
         eprintln!("ringbench matrix: charts not drawn: {why}");
     }
+    let charts_failed = built.charts_failed.is_some();
     let points = built.points;
     let failed = points.iter().filter(|p| !p.ok).count();
-    println!("{}", cfg.out.join("summary.md").display());
+    let _ = writeln!(std::io::stdout(), "{}", cfg.out.join("summary.md").display());
     eprintln!(
         "ringbench matrix: {} points, {} failed; overall.csv, summary.md and plots/ in {}",
         points.len(),
@@ -172,7 +173,7 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     Ok(if stopped_early {
         eprintln!("ringbench matrix: interrupted; the report covers the runs that finished");
         ExitCode::from(130)
-    } else if failed > 0 {
+    } else if failed > 0 || charts_failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -300,6 +301,9 @@ fn run_one(
         None => notes.push("client killed after the time limit".to_string()),
         Some(st) if !st.success() => notes.push(format!("client exit {}", st.code().unwrap_or(-1))),
         _ => {}
+    }
+    if let Some(e) = &stopped.log_error {
+        notes.push(format!("cannot write '{}': {e}", file("server.log").display()));
     }
     match stopped.status {
         None => notes.push(format!("server did not stop within {} s of SIGTERM (killed)", STOP_GRACE.as_secs())),

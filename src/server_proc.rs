@@ -59,6 +59,10 @@ pub struct Stopped {
     /// `None` if it had to be killed.
     pub status: Option<ExitStatus>,
     pub took: Duration,
+    /// Why its output log is incomplete, if it is.
+    pub log_error: Option<String>,
+    /// Its output, line by line (the last lines, if it printed very many).
+    pub output: Vec<String>,
 }
 
 /// A running server process.
@@ -67,6 +71,8 @@ pub struct ServerProc {
     addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
     copiers: Vec<JoinHandle<()>>,
+    /// The first failure to write the output log (the rest of the output is lost).
+    log_error: Arc<Mutex<Option<String>>>,
 }
 
 /// Lines of output kept in memory (all of them go to the log file).
@@ -92,15 +98,18 @@ impl ServerProc {
             None => None,
         };
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let log_error = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel::<SocketAddr>();
         let mut copiers = Vec::new();
+        let sink =
+            |tx| Sink { lines: Arc::clone(&lines), log: log.clone(), log_error: Arc::clone(&log_error), ready: tx };
         if let Some(err) = child.stderr.take() {
-            copiers.push(copy_lines(err, Arc::clone(&lines), log.clone(), Some(tx)));
+            copiers.push(copy_lines(err, sink(Some(tx))));
         }
         if let Some(out) = child.stdout.take() {
-            copiers.push(copy_lines(out, Arc::clone(&lines), log, None));
+            copiers.push(copy_lines(out, sink(None)));
         }
-        let mut proc = ServerProc { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), lines, copiers };
+        let mut proc = ServerProc { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), lines, copiers, log_error };
         match proc.await_ready(&spec.readiness, &rx, ready_within) {
             Ok(addr) => {
                 proc.addr = addr;
@@ -165,6 +174,11 @@ impl ServerProc {
         self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Why its output log is incomplete, if it is.
+    pub fn log_error(&self) -> Option<String> {
+        self.log_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn tail(&self, n: usize) -> Vec<String> {
         let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         lines[lines.len().saturating_sub(n)..].to_vec()
@@ -215,16 +229,15 @@ impl ServerProc {
     pub fn stop(mut self, grace: Duration) -> io::Result<Stopped> {
         let t = Instant::now();
         self.signal(libc::SIGTERM);
-        let mut status = self.wait_for(grace)?;
+        let status = self.wait_for(grace)?;
         if status.is_none() {
             self.signal(libc::SIGKILL);
             let _ = self.child.wait();
-            status = None;
         }
         for c in self.copiers.drain(..) {
             let _ = c.join();
         }
-        Ok(Stopped { status, took: t.elapsed() })
+        Ok(Stopped { status, took: t.elapsed(), log_error: self.log_error(), output: self.output_lines() })
     }
 }
 
@@ -247,23 +260,28 @@ fn pre_exec(cpus: &[usize], nofile: Option<u64>) -> io::Result<()> {
     Ok(())
 }
 
-/// Copies `from` line by line into `lines` (the last [`KEEP_LINES`]) and `log`; sends the
-/// address of a "listening on" line to `ready`.
-fn copy_lines(
-    from: impl io::Read + Send + 'static,
+/// Where a copier puts each line of output.
+struct Sink {
+    /// The last [`KEEP_LINES`] lines.
     lines: Arc<Mutex<Vec<String>>>,
     log: Option<Arc<Mutex<std::fs::File>>>,
+    log_error: Arc<Mutex<Option<String>>>,
+    /// Told the address of a "listening on" line.
     ready: Option<mpsc::Sender<SocketAddr>>,
-) -> JoinHandle<()> {
+}
+
+fn copy_lines(from: impl io::Read + Send + 'static, sink: Sink) -> JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(from).lines().map_while(Result::ok) {
-            if let (Some(tx), Some(a)) = (&ready, parse_listening(&line)) {
+            if let (Some(tx), Some(a)) = (&sink.ready, parse_listening(&line)) {
                 let _ = tx.send(a);
             }
-            if let Some(f) = &log {
-                let _ = writeln!(f.lock().unwrap_or_else(|p| p.into_inner()), "{line}");
+            if let Some(f) = &sink.log {
+                if let Err(e) = writeln!(f.lock().unwrap_or_else(|p| p.into_inner()), "{line}") {
+                    sink.log_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+                }
             }
-            let mut kept = lines.lock().unwrap_or_else(|p| p.into_inner());
+            let mut kept = sink.lines.lock().unwrap_or_else(|p| p.into_inner());
             if kept.len() >= KEEP_LINES {
                 kept.remove(0);
             }

@@ -165,3 +165,29 @@ fn uring_unavailable_under_seccomp_fails_with_one_line_suggesting_epoll() {
 fn too_many_threads_for_one_process_exits_2_suggesting_processes() {
     assert_fails(&["client", "--connections", "19000"], 2, &["--connections 19000", "--processes"]);
 }
+
+/// A client output that takes no bytes: one line naming the file, exit 1, after the run.
+#[test]
+fn client_outputs_that_cannot_be_written_are_one_line_naming_the_file() {
+    if !std::path::Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full here");
+        return;
+    }
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    // An echo server of two connections, enough for the client's two connections.
+    let echo = std::thread::spawn(move || {
+        for s in server.incoming().take(2) {
+            let mut s = s.unwrap();
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    for flag in ["--out", "--json"] {
+        let args = ["client", "--server", &addr, "--connections", "1", "--requests", "3", flag, "/dev/full"];
+        assert_fails(&args, 1, &["cannot write '/dev/full'", "No space left"]);
+    }
+    echo.join().unwrap();
+}

@@ -81,7 +81,7 @@ fn fd_exhaustion(backend: &Variant) {
         assert!(probe(s, Duration::from_secs(10)), "a waiting connection was never served");
     }
     drop(waiting);
-    eventually("all connections closed", || srv.established() == 0);
+    eventually("all connections closed", || srv.unclosed() == 0);
     let (status, _, rows, summary) = srv.terminate();
     assert!(status.success());
     assert_eq!(rows.len(), 90, "one row per connection");
@@ -260,6 +260,8 @@ fn many_connections(backend: &Variant, conns: usize, requests: u64) {
         "{}: {conns} connections x {requests} requests over {processes} client processes: {:.0} req/s, p99 {:.0} us",
         backend.name, summary["throughput_rps"], summary["latency_p99_us"]
     );
+    // The client has closed every connection; let the server see every close first.
+    eventually("the server closed every connection", || srv.unclosed() == 0);
     let (status, took, rows, _) = srv.terminate();
     assert!(status.success() && took < Duration::from_secs(3));
     assert_eq!(rows.len(), conns);

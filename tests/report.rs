@@ -2,6 +2,8 @@
 //! summary, and charts that decode as PNG of the right size; `ringbench report DIR` must
 //! redraw deleted charts; client files from two hosts merge into one point.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -257,4 +259,53 @@ fn matrix_runs_both_backends_and_writes_every_output() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("env.json")).unwrap()).unwrap();
     assert!(env["kernel"].as_str().is_some_and(|k| !k.is_empty()));
     assert!(env["settings"]["connections"].as_array().is_some_and(|c| c.len() == 2));
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A sweep on a disk that fills up: one line names the file it could not write, the exit
+/// status says so, and every file it did write is whole.
+#[test]
+fn a_sweep_whose_disk_fills_up_names_the_file_and_leaves_nothing_half_written() {
+    let Some(fs) = common::TinyFs::mount(48) else { return };
+    let out_dir = fs.path().join("out");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(["matrix", "--connections", "3", "--requests", "2", "--repeats", "1", "--backends", "epoll", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let named = format!("cannot write '{}", out_dir.display());
+    assert!(err.lines().any(|l| l.contains(&named) && l.contains("No space left")), "{err}");
+    let written = files_under(&out_dir);
+    assert!(!written.is_empty());
+    for f in written {
+        match f.extension().and_then(|e| e.to_str()) {
+            Some("csv") => {
+                let mut r = csv::Reader::from_path(&f).unwrap();
+                assert!(r.records().all(|x| x.is_ok()), "{} is cut short", f.display());
+            }
+            Some("json") => {
+                let text = std::fs::read_to_string(&f).unwrap();
+                assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok(), "{} is cut short", f.display());
+            }
+            Some("png") => {
+                png_size(&f);
+            }
+            _ => {}
+        }
+    }
 }

@@ -296,12 +296,12 @@ impl<'a> Worker<'a> {
     }
 
     /// Closes every connection held and everything still queued, one row each. On an
-    /// abort the descriptors are left to the process exit: only the rows matter then.
+    /// abort (which may come while this runs) the descriptors are left to the process
+    /// exit: only the rows matter then.
     fn shut_down(&mut self) {
-        let abort = self.shared.stop.is_abort();
         for key in self.conns.keys() {
             if let Some(c) = self.conns.close(key, CloseReason::Shutdown, &mut self.book, self.shared) {
-                if abort {
+                if self.shared.stop.is_abort() {
                     std::mem::forget(c.fd);
                 } else {
                     self.book.stats.syscalls.close(c.fd);

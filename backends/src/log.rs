@@ -19,8 +19,9 @@ use crate::notice::{Notice, Notices};
 pub const LOG_COLUMNS: [&str; 8] =
     ["peer", "fd", "worker", "bytes", "reads", "opened_unix_s", "closed_unix_s", "close_reason"];
 
-/// Rows are written to the file once this much is buffered (and at the end).
-const WRITE_AT_BYTES: usize = 64 * 1024;
+/// Rows are written to the file once this much is buffered (and at the end): about 200
+/// rows per write.
+const WRITE_AT_BYTES: usize = 16 * 1024;
 
 /// Where log rows go: a CSV file shared by all threads, or nowhere (rows still counted).
 pub struct ConnLog {

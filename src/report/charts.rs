@@ -15,6 +15,7 @@ use plotters::style::FontStyle;
 
 use super::metrics::{ChartSpec, Metric, METRICS};
 use super::points::{sizes, Point};
+use crate::files;
 
 static FONT: &[u8] = include_bytes!("DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
@@ -58,7 +59,8 @@ pub fn draw_all(dir: &Path, points: &[Point], order: &[String], caption: &str) -
             let file =
                 if sizes.len() > 1 { format!("{}_s{size}.png", spec.file) } else { format!("{}.png", spec.file) };
             let cap = format!("{caption} · {size}-byte requests");
-            draw(&dir.join(&file), m, spec, &pts, order, &cap).with_context(|| format!("drawing {file}"))?;
+            let png = draw(m, spec, &pts, order, &cap).with_context(|| format!("drawing {file}"))?;
+            files::write_whole(&dir.join(&file), &png)?;
             out.push(Chart { metric: m, file, size_bytes: size });
         }
     }
@@ -76,8 +78,15 @@ fn color(i: usize, name: &str) -> RGBColor {
     }
 }
 
-fn draw(
-    path: &Path,
+/// Draws one chart in memory and returns it as PNG.
+fn draw(m: &Metric, spec: &ChartSpec, points: &[&Point], order: &[String], caption: &str) -> anyhow::Result<Vec<u8>> {
+    let mut rgb = vec![0u8; (WIDTH_PX * HEIGHT_PX * 3) as usize];
+    paint(&mut rgb, m, spec, points, order, caption)?;
+    encode_png(&rgb, WIDTH_PX, HEIGHT_PX)
+}
+
+fn paint(
+    rgb: &mut [u8],
     m: &Metric,
     spec: &ChartSpec,
     points: &[&Point],
@@ -94,7 +103,7 @@ fn draw(
     let y_max = if top > 0.0 { top * 1.18 } else { 1.0 };
     let n = conns.len().max(1);
 
-    let root = BitMapBackend::new(path, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
+    let root = BitMapBackend::with_buffer(rgb, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
     root.fill(&WHITE)?;
     let (main, foot) = root.split_vertically(HEIGHT_PX - 34);
     let mut chart = ChartBuilder::on(&main)
@@ -183,8 +192,18 @@ fn draw(
         .border_style(BLACK)
         .draw()?;
     foot.draw(&Text::new(caption.to_string(), (18, 6), (FAMILY, 16).into_font().color(&RGBColor(70, 70, 70))))?;
-    root.present().with_context(|| format!("cannot write '{}'", path.display()))?;
+    root.present()?;
     Ok(())
+}
+
+/// An RGB image as PNG bytes.
+fn encode_png(rgb: &[u8], width: u32, height: u32) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, width, height);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header()?.write_image_data(rgb)?;
+    Ok(out)
 }
 
 /// A short label for a bar: three significant figures.

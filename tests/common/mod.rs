@@ -183,9 +183,20 @@ impl ServerProc {
     /// Starts `ringbench server` for `backend` on port 0 with `args`, optionally under an
     /// open-file limit (soft and hard) set before exec.
     pub fn spawn(backend: &Variant, args: &[&str], nofile: Option<u64>) -> ServerProc {
+        Self::spawn_with(backend, args, nofile, None, None)
+    }
+
+    /// As [`spawn`](Self::spawn), with the log and the summary where the test says.
+    pub fn spawn_with(
+        backend: &Variant,
+        args: &[&str],
+        nofile: Option<u64>,
+        log: Option<PathBuf>,
+        summary: Option<PathBuf>,
+    ) -> ServerProc {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("log.csv");
-        let summary = dir.path().join("summary.json");
+        let log = log.unwrap_or_else(|| dir.path().join("log.csv"));
+        let summary = summary.unwrap_or_else(|| dir.path().join("summary.json"));
         let mut argv: Vec<String> =
             ["server", "--backend", &backend.name, "--bind", "127.0.0.1:0"].map(String::from).to_vec();
         argv.extend(args.iter().map(|a| a.to_string()));
@@ -217,41 +228,111 @@ impl ServerProc {
 
     /// Server-side established connections on its port (from /proc/net/tcp).
     pub fn established(&self) -> usize {
-        let port = format!("{:04X}", self.addr.port());
+        self.sockets_in(&["01"])
+    }
+
+    /// Server-side connections the server has not closed yet: established, or closed by
+    /// the client and waiting for the server (CLOSE_WAIT).
+    pub fn unclosed(&self) -> usize {
+        self.sockets_in(&["01", "08"])
+    }
+
+    fn sockets_in(&self, states: &[&str]) -> usize {
+        let port = format!(":{:04X}", self.addr.port());
         let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
         table
             .lines()
             .skip(1)
             .filter(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() > 3 && f[1].ends_with(&format!(":{port}")) && f[3] == "01"
+                f.len() > 3 && f[1].ends_with(&port) && states.contains(&f[3])
             })
             .count()
     }
 
     /// The summary the server wrote, as JSON (null if it wrote none).
     pub fn summary_json(&self) -> serde_json::Value {
-        std::fs::read_to_string(&self.summary)
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(serde_json::Value::Null)
+        read_json_file(&self.summary)
+    }
+
+    /// Sends `sig` to the server.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Its stderr so far.
+    pub fn output(&self) -> Vec<String> {
+        self.proc.output_lines()
     }
 
     /// Sends SIGTERM; returns the exit status, how long the exit took, the log rows and
     /// the summary.
     pub fn terminate(self) -> (std::process::ExitStatus, Duration, Vec<ConnRecord>, serde_json::Value) {
+        let (status, took, rows, summary, _) = self.terminate_with_output();
+        (status, took, rows, summary)
+    }
+
+    /// As [`terminate`](Self::terminate), with every line the server printed.
+    pub fn terminate_with_output(
+        self,
+    ) -> (std::process::ExitStatus, Duration, Vec<ConnRecord>, serde_json::Value, Vec<String>) {
         let stopped = self.proc.stop(Duration::from_secs(20)).unwrap();
         let status = stopped.status.expect("the server exited after SIGTERM");
         let rows = backends::read_log(&self.log).unwrap_or_default();
-        let summary = std::fs::read_to_string(&self.summary)
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(serde_json::Value::Null);
-        (status, stopped.took, rows, summary)
+        let summary = read_json_file(&self.summary);
+        (status, stopped.took, rows, summary, stopped.output)
     }
+}
+
+/// A JSON file, or null if it is missing, unreadable, or not a regular file (a summary
+/// sent to /dev/full must not be read back: it never ends).
+pub fn read_json_file(path: &std::path::Path) -> serde_json::Value {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return serde_json::Value::Null;
+    }
+    std::fs::read_to_string(path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(serde_json::Value::Null)
 }
 
 /// The notices of a summary of kind `kind` (e.g. `out_of_fds`).
 pub fn notices_of(summary: &serde_json::Value, kind: &str) -> usize {
     summary["notices"].as_array().map_or(0, |a| a.iter().filter(|n| n["kind"] == kind).count())
+}
+
+/// A tmpfs of a few KiB mounted on a temporary directory, to fill up on purpose; unmounted
+/// when dropped. `None` (with the reason printed) where this process may not mount.
+pub struct TinyFs {
+    dir: tempfile::TempDir,
+}
+
+impl TinyFs {
+    pub fn mount(size_kib: u64) -> Option<TinyFs> {
+        use std::ffi::CString;
+        let dir = tempfile::tempdir().ok()?;
+        let target = CString::new(dir.path().as_os_str().as_encoded_bytes()).ok()?;
+        let opts = CString::new(format!("size={size_kib}k")).ok()?;
+        // SAFETY: every pointer is a valid NUL-terminated string for the duration of the call.
+        let rc = unsafe { libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), 0, opts.as_ptr().cast()) };
+        if rc != 0 {
+            eprintln!(
+                "skipped: cannot mount a {size_kib} KiB tmpfs here ({}); the test needs root",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        Some(TinyFs { dir })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        if let Ok(target) = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid path string; MNT_DETACH unmounts even if a file is still open.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
 }

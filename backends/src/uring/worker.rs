@@ -286,8 +286,12 @@ impl<'r> Worker<'_, 'r> {
         for c in held {
             self.book.closed(crate::table::Tracked::meter(&c), c.close_reason());
             self.shared.closed_one();
-            if let Some(fd) = if quiet { c.into_fd() } else { c.abandon() } {
-                self.book.stats.syscalls.close(fd);
+            let fd = if quiet { c.into_fd() } else { c.abandon() };
+            match fd {
+                // On an abort only the rows matter: the process exit closes descriptors.
+                Some(fd) if self.shared.stop.is_abort() => std::mem::forget(fd),
+                Some(fd) => self.book.stats.syscalls.close(fd),
+                None => {}
             }
         }
         self.inbox.close_leftovers(self.book.id, &mut self.book, self.shared);
