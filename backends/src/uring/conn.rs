@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use io_uring::opcode;
 use io_uring::squeue;
-use io_uring::types::{self, CancelBuilder};
+use io_uring::types;
 
 use super::buf_ring::{BufRing, RingBuf, BUF_GROUP};
 use super::ring::{Cqe, Ring};
@@ -222,8 +222,7 @@ impl UConn {
         // Flow control: a client that is not reading its echo stops being read.
         if io.multishot && self.recv == Recv::Armed && self.queued_bytes >= PENDING_HIGH_BYTES {
             self.recv = Recv::Cancelling;
-            let recv = user_data::pack(Op::Recv as u8, self.key);
-            self.push(io, opcode::AsyncCancel::new(recv).build(), Op::Cancel);
+            self.cancel(Op::Recv, io);
         }
     }
 
@@ -278,8 +277,13 @@ impl UConn {
     }
 
     /// Starts closing for `reason`: queued chunks not being sent go back now (the one in
-    /// flight returns with its completion), and every request on the descriptor is
-    /// cancelled; the connection is finished after the last completion.
+    /// flight returns with its completion), and each request in flight is cancelled; the
+    /// connection is finished after the last completion.
+    ///
+    /// Requests are cancelled by their own `user_data`, which the kernel finds in a hash
+    /// table. Cancelling "everything on this descriptor" instead makes it scan every
+    /// pending request of the ring, once per connection: a stop under 19,000 connections
+    /// took 3.9 s that way.
     pub fn begin_close(&mut self, reason: CloseReason, io: &mut Io<'_, '_>) {
         if !self.is_open() {
             return;
@@ -287,10 +291,19 @@ impl UConn {
         self.phase = Phase::Closing(reason);
         self.queue.truncate(usize::from(self.sending));
         self.queued_bytes = self.queue.iter().map(|ch| (ch.len - ch.off) as usize).sum();
-        if self.in_flight() {
-            let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(types::Fd(self.raw)).all()).build();
-            self.push(io, cancel, Op::Cancel);
+        if self.recv == Recv::Armed {
+            self.recv = Recv::Cancelling;
+            self.cancel(Op::Recv, io);
         }
+        if self.sending {
+            self.cancel(Op::Send, io);
+        }
+    }
+
+    /// Cancels this connection's request `op` (a recv or a send).
+    fn cancel(&self, op: Op, io: &mut Io<'_, '_>) {
+        let target = user_data::pack(op as u8, self.key);
+        self.push(io, opcode::AsyncCancel::new(target).build(), Op::Cancel);
     }
 
     /// Buffers are back: a starved receive may be armed again. Returns whether it was
