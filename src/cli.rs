@@ -14,8 +14,8 @@ use ringbench_backends::config::{
 };
 use ringbench_backends::{ServerConfig, Variant, DEFAULT_COALESCE_US, SWITCHES};
 
-use crate::client::{self, ClientConfig, MAX_SIZE_BYTES};
-use crate::matrix::{self, MatrixConfig};
+use crate::client::{self, ClientConfig, Phases, MAX_SIZE_BYTES};
+use crate::matrix::{self, MatrixConfig, Target};
 
 #[derive(Parser, Debug)]
 #[command(name = "ringbench", version, about = "Is io_uring faster than epoll for a TCP echo server on this machine?")]
@@ -65,6 +65,10 @@ struct ServerArgs {
     #[arg(long, value_name = "MICROS", default_value_t = DEFAULT_COALESCE_US,
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     coalesce_us: u32,
+    /// threads: at most this many connection threads; beyond it new connections are
+    /// closed at once (reason `rejected`), as when the machine cannot create a thread.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_threads: Option<u64>,
     #[command(flatten)]
     switches: SwitchFlags,
     /// io_uring: provided buffers per worker (a power of two, 1 to 32768).
@@ -149,6 +153,10 @@ struct ClientArgs {
     /// report as one JSON line.
     #[arg(long, hide = true)]
     shard_child: bool,
+    /// Write "start" when the measured phase begins and "end" when it ends to this open
+    /// descriptor (the sweep samples the server's CPU time at those instants).
+    #[arg(long, hide = true, value_name = "FD", value_parser = parse_open_fd)]
+    phase_fd: Option<i32>,
 }
 
 #[derive(Args, Debug)]
@@ -189,12 +197,23 @@ struct MatrixArgs {
     /// Client timeout for every connect, read and write, in seconds.
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_positive_secs)]
     timeout: Duration,
+    /// How long a server may take to be ready (report listening, or accept a connection).
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_positive_secs)]
+    ready_timeout: Duration,
     /// Names this client host in the raw files and rows (default: the hostname).
     #[arg(long)]
     label: Option<String>,
     /// An extra `ringbench server` argument for every run (repeatable), e.g. --server-arg=--coalesce-us=0.
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// An extra `ringbench client` argument for every run (repeatable), e.g. --client-arg=--processes=2.
+    #[arg(long = "client-arg", value_name = "ARG", allow_hyphen_values = true)]
+    client_args: Vec<String>,
+    /// Any server in the same sweep, beside the backends (repeatable): NAME='COMMAND ...
+    /// {port}'. {port} becomes a free port; the command is exec'd by sh, in its own process
+    /// group, pinned like the backends; it is ready once the port accepts a connection.
+    #[arg(long = "target", value_name = "NAME=COMMAND", value_parser = parse_target)]
+    targets: Vec<Target>,
 }
 
 #[derive(Args, Debug)]
@@ -273,6 +292,7 @@ impl ServerArgs {
             log: self.log,
             idle_timeout: self.idle_timeout,
             max_conns: self.max_conns.map(|n| n as usize),
+            max_threads: self.max_threads.map(|n| n as usize),
             coalesce_us: self.coalesce_us,
             ..ServerConfig::default()
         };
@@ -296,6 +316,11 @@ impl ClientArgs {
         cfg.first_thread = self.first_thread;
         if let Some(l) = self.label {
             cfg.label = l;
+        }
+        if let Some(fd) = self.phase_fd {
+            // SAFETY: the parent gave us this descriptor open (checked while parsing) for us
+            // to write to; nothing else in this process uses it, so we may own it.
+            cfg.phases = Phases::to(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
         }
         ClientOptions { cfg, out: self.out, json: self.json, shard_child: self.shard_child }
     }
@@ -327,11 +352,18 @@ impl MatrixArgs {
                 "--server-cpus/--client-cpus: CPU {c} is not one this process may use ({allowed:?})"
             )));
         }
-        let backends = if self.backends.is_empty() {
+        let backends = if self.backends.is_empty() && self.targets.is_empty() {
             vec!["epoll".into(), "uring".into()]
         } else {
-            self.backends.into_iter().map(|v| v.name).collect()
+            self.backends.into_iter().map(|v| v.name).collect::<Vec<String>>()
         };
+        let mut names: Vec<&str> = backends.iter().map(String::as_str).collect();
+        for t in &self.targets {
+            if names.contains(&t.name.as_str()) {
+                return Err(UsageError(format!("--target {}: the name is already used in this sweep", t.name)));
+            }
+            names.push(&t.name);
+        }
         Ok(MatrixConfig {
             connections: pick(self.connections, &[50, 200], &[100, 200, 500, 1000, 1500, 2000, 2500, 3000, 4000]),
             backends,
@@ -347,10 +379,36 @@ impl MatrixArgs {
             server_cpus,
             client_cpus,
             timeout_s: self.timeout.as_secs_f64(),
+            ready_timeout_s: self.ready_timeout.as_secs_f64(),
             server_args: self.server_args,
+            client_args: self.client_args,
+            targets: self.targets,
             label: self.label.unwrap_or_else(client::default_label),
         })
     }
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    let (name, command) = s.split_once('=').ok_or_else(|| format!("'{s}' is not NAME=COMMAND"))?;
+    let ok_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !ok_name {
+        return Err(format!("target name '{name}' must be letters, digits, '-' or '.'"));
+    }
+    if Variant::parse(name).is_ok() {
+        return Err(format!("target name '{name}' is a backend's name; choose another"));
+    }
+    if !command.contains("{port}") {
+        return Err(format!("the command of target '{name}' must contain {{port}}, where its port goes"));
+    }
+    Ok(Target { name: name.to_string(), command: command.trim().to_string() })
+}
+
+fn parse_open_fd(s: &str) -> Result<i32, String> {
+    let fd: i32 = s.parse().map_err(|_| format!("'{s}' is not a descriptor number"))?;
+    if fd < 3 || !ringbench_backends::sys::is_open(fd) {
+        return Err(format!("descriptor {fd} is not open"));
+    }
+    Ok(fd)
 }
 
 fn parse_server(s: &str) -> Result<SocketAddr, String> {

@@ -68,6 +68,12 @@ pub struct ClientSummary {
     /// reports can merge the latencies of several client hosts exactly.
     #[serde(default)]
     pub latency_histogram: String,
+    /// When the measured phase began (the start gate opened) and ended (the last
+    /// connection finished): UTC, microseconds since the Unix epoch.
+    #[serde(default)]
+    pub measured_start_unix_us: u64,
+    #[serde(default)]
+    pub measured_end_unix_us: u64,
 }
 
 /// How to read the latency figures; printed with them.
@@ -103,30 +109,80 @@ pub fn read_rows_csv(path: &Path) -> io::Result<Vec<ThreadRow>> {
     r.deserialize().map(|row| row.map_err(io::Error::other)).collect()
 }
 
+/// What a run is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Pass {
+    /// Every figure (`_r{n}` in file names).
+    Measure,
+    /// Only the server's syscalls, counted by `perf` in a run of its own because tracing
+    /// costs CPU per syscall (`_p{n}`).
+    Syscalls,
+}
+
 /// Which run a raw file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RunKey {
+    /// The server: a backend (or variant) name, or an external target's name.
     pub backend: String,
     pub connections: usize,
     pub size_bytes: usize,
     pub repeat: usize,
+    pub pass: Pass,
 }
 
 impl RunKey {
-    /// The file-name stem, e.g. `uring_c1000_s64_r2`.
+    /// The file-name stem, e.g. `uring_c1000_s64_r2` (`_p1` for a syscall run).
     pub fn stem(&self) -> String {
-        format!("{}_c{}_s{}_r{}", self.backend, self.connections, self.size_bytes, self.repeat)
+        let p = match self.pass {
+            Pass::Measure => 'r',
+            Pass::Syscalls => 'p',
+        };
+        format!("{}_c{}_s{}_{p}{}", self.backend, self.connections, self.size_bytes, self.repeat)
     }
 
     /// Parses a stem written by [`RunKey::stem`].
     pub fn parse(stem: &str) -> Option<RunKey> {
         let mut parts = stem.rsplitn(4, '_');
-        let repeat = parts.next()?.strip_prefix('r')?.parse().ok()?;
+        let last = parts.next()?;
+        let (pass, repeat) = match (last.strip_prefix('r'), last.strip_prefix('p')) {
+            (Some(n), _) => (Pass::Measure, n.parse().ok()?),
+            (_, Some(n)) => (Pass::Syscalls, n.parse().ok()?),
+            _ => return None,
+        };
         let size_bytes = parts.next()?.strip_prefix('s')?.parse().ok()?;
         let connections = parts.next()?.strip_prefix('c')?.parse().ok()?;
         let backend = parts.next()?.to_string();
-        (!backend.is_empty()).then_some(RunKey { backend, connections, size_bytes, repeat })
+        (!backend.is_empty()).then_some(RunKey { backend, connections, size_bytes, repeat, pass })
     }
+}
+
+/// What the sweep saw of one run's server process (`{stem}.server-proc.json`): the same
+/// for ringbench's backends and for external targets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerProcRecord {
+    /// `ringbench` (one of its backends) or `target` (any other server).
+    pub kind: String,
+    pub command: String,
+    pub pid: i32,
+    /// CPU time (user + system) of the whole server process, every thread, from when the
+    /// client's start gate opened to when its last connection finished, sampled at the
+    /// client's marks: the process's CPU clock (`clock_getcpuclockid`), in nanoseconds.
+    pub cpu_s: Option<f64>,
+    /// The same, from `/proc/PID/stat` utime + stime: the same total, rounded by the
+    /// kernel to clock ticks (10 ms); a cross-check.
+    #[serde(default)]
+    pub cpu_proc_stat_s: Option<f64>,
+    /// Wall time between the two samples.
+    pub measured_s: Option<f64>,
+    /// A syscall run: `raw_syscalls:sys_enter` counted by `perf stat -p PID`, from after
+    /// the server was ready until it exited.
+    pub perf_syscalls: Option<u64>,
+    /// Why `perf` counted nothing, when it was asked to.
+    pub perf_error: Option<String>,
+    /// How it ended after SIGTERM (`exit 0`, `signal 15`, `killed after 10 s`).
+    pub exit: String,
+    /// Why the server could not be run (it never listened, it exited early).
+    pub error: Option<String>,
 }
 
 impl std::fmt::Display for ClientSummary {
@@ -167,8 +223,17 @@ mod tests {
 
     #[test]
     fn run_keys_round_trip_with_hyphenated_backends() {
-        let k = RunKey { backend: "uring-no-bufring".into(), connections: 1500, size_bytes: 64, repeat: 3 };
+        let mut k = RunKey {
+            backend: "uring-no-bufring".into(),
+            connections: 1500,
+            size_bytes: 64,
+            repeat: 3,
+            pass: Pass::Measure,
+        };
         assert_eq!(k.stem(), "uring-no-bufring_c1500_s64_r3");
+        assert_eq!(RunKey::parse(&k.stem()), Some(k.clone()));
+        k.pass = Pass::Syscalls;
+        assert_eq!(k.stem(), "uring-no-bufring_c1500_s64_p3");
         assert_eq!(RunKey::parse(&k.stem()), Some(k));
         assert_eq!(RunKey::parse("notes"), None);
         assert_eq!(RunKey::parse("_c1_s1_r1"), None);

@@ -116,12 +116,12 @@ impl ServerProc {
                 Ok(proc)
             }
             Err(e) => {
-                let tail = proc.tail(5);
-                let _ = proc.stop(Duration::from_secs(2));
+                let _ = proc.stop_in_place(Duration::from_secs(2));
+                let tail: Vec<String> = proc.tail(3).into_iter().filter(|l| !l.trim().is_empty()).collect();
                 if tail.is_empty() {
                     Err(e)
                 } else {
-                    Err(e.context(format!("its last output: {}", tail.join(" | "))))
+                    Err(anyhow::anyhow!("{e:#}; its last output: {}", tail.join(" | ")))
                 }
             }
         }
@@ -227,6 +227,10 @@ impl ServerProc {
     /// SIGTERM, then SIGKILL if it has not exited within `grace`; its output is copied to
     /// the end before this returns.
     pub fn stop(mut self, grace: Duration) -> io::Result<Stopped> {
+        self.stop_in_place(grace)
+    }
+
+    fn stop_in_place(&mut self, grace: Duration) -> io::Result<Stopped> {
         let t = Instant::now();
         self.signal(libc::SIGTERM);
         let status = self.wait_for(grace)?;

@@ -141,7 +141,7 @@ fn abort_before_the_orderly_close(backend: &Variant) {
     drop(held);
 }
 
-backend_suite!([epoll, uring, uring_no_bufring] {
+backend_suite!([epoll, uring, uring_no_bufring, threads] {
     fn an_abort_skips_the_orderly_close_but_logs_every_connection(backend) {
         abort_before_the_orderly_close(&backend);
     }

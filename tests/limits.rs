@@ -204,7 +204,11 @@ fn sigterm_under_load(backend: &Variant, conns: usize) {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    eventually("every client connected", || srv.established() == conns);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while srv.established() != conns {
+        assert!(Instant::now() < deadline, "{} of {conns} clients connected in 20 s", srv.established());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Let every client thread get past the start gate and send.
     std::thread::sleep(Duration::from_millis(500 + conns as u64 / 2));
     let (status, took, rows, summary) = srv.terminate();
@@ -268,7 +272,7 @@ fn many_connections(backend: &Variant, conns: usize, requests: u64) {
     assert!(rows.iter().all(|r| r.bytes == requests * 64 && r.close_reason == CloseReason::Eof));
 }
 
-backend_suite!([epoll, uring, uring_no_bufring] {
+backend_suite!([epoll, uring, uring_no_bufring, threads] {
     fn keeps_serving_and_does_not_spin_when_out_of_descriptors(backend) {
         fd_exhaustion(&backend);
     }
@@ -328,3 +332,93 @@ backend_suite!([epoll, uring, uring_no_bufring] {
         many_connections(&backend, 19_000, 20);
     }
 });
+
+/// A pids cgroup holding one process, with room for `extra` more threads than it has now;
+/// removed when dropped. `None` (with the reason printed) where cgroups cannot be made.
+struct PidsLimit {
+    dir: std::path::PathBuf,
+}
+
+impl PidsLimit {
+    fn apply(pid: i32, extra: u64) -> Option<PidsLimit> {
+        let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup/pids/ringbench-test-{pid}"));
+        let made = std::fs::create_dir(&dir)
+            .and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()))
+            .and_then(|()| std::fs::read_to_string(dir.join("pids.current")))
+            .and_then(|cur| {
+                let cur: u64 = cur.trim().parse().map_err(std::io::Error::other)?;
+                std::fs::write(dir.join("pids.max"), (cur + extra).to_string())
+            });
+        match made {
+            Ok(()) => Some(PidsLimit { dir }),
+            Err(e) => {
+                eprintln!("no pids cgroup here ({e}); using --max-threads instead");
+                let _ = std::fs::remove_dir(&dir);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for PidsLimit {
+    fn drop(&mut self) {
+        // The cgroup can go once its process has exited.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// At the machine's thread limit (a pids cgroup with room for 20 connection threads, or
+/// the --max-threads cap where cgroups cannot be made) the threads backend turns new
+/// connections away with a `rejected` row, reports it once, keeps serving the connections
+/// it has, and serves new ones once threads free up.
+#[test]
+fn threads_at_the_thread_limit_rejects_cleanly_and_keeps_serving() {
+    let threads = Variant::parse("threads").unwrap();
+    let probe = ServerProc::spawn(&threads, &[], None);
+    let limit = PidsLimit::apply(probe.pid(), 20);
+    let (srv, _limit) = match limit {
+        Some(l) => (probe, Some(l)),
+        None => {
+            drop(probe);
+            (ServerProc::spawn(&threads, &["--max-threads", "20"], None), None)
+        }
+    };
+    let mut kept: Vec<_> = (0..20).map(|_| connect(srv.addr)).collect();
+    for (i, s) in kept.iter_mut().enumerate() {
+        checked_write(s, &pattern(i, 64));
+        expect_read(s, &pattern(i, 64));
+    }
+    for _ in 0..40 {
+        let mut extra = connect(srv.addr);
+        let _ = extra.write_all(b"hello");
+        let mut b = [0u8; 5];
+        assert!(!matches!(extra.read(&mut b), Ok(5)), "a connection beyond the limit was served");
+    }
+    for (i, s) in kept.iter_mut().enumerate() {
+        checked_write(s, &pattern(100 + i, 64));
+        expect_read(s, &pattern(100 + i, 64));
+    }
+    drop(kept);
+    eventually("the first connections closed", || srv.unclosed() == 0);
+    // An episode ends after a quiet second; then new connections are served again.
+    std::thread::sleep(Duration::from_millis(1100));
+    for i in 0..5 {
+        let mut s = connect(srv.addr);
+        checked_write(&mut s, &pattern(200 + i, 64));
+        expect_read(&mut s, &pattern(200 + i, 64));
+    }
+    eventually("every connection closed", || srv.unclosed() == 0);
+    let (status, _, rows, summary) = srv.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(rows.len(), 65, "one row per connection");
+    assert_eq!(rows.iter().filter(|r| r.close_reason == CloseReason::Rejected).count(), 40);
+    assert_eq!(summary["rejected"].as_u64(), Some(40));
+    eprintln!("threads at the limit: {}", summary["notices"]);
+    assert_eq!(notices_of(&summary, "thread_spawn_failed"), 1, "reported once: {}", summary["notices"]);
+    assert_eq!(notices_of(&summary, "thread_spawn_recovered"), 1, "{}", summary["notices"]);
+}

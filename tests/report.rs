@@ -60,6 +60,8 @@ fn write_client(raw: &Path, stem: &str, label: &str, rows: &[ThreadRow], through
         connect_max_s: 0.0,
         latency_model: "closed-loop".into(),
         latency_histogram: encode_histogram(&h),
+        measured_start_unix_us: 0,
+        measured_end_unix_us: 0,
     };
     std::fs::write(raw.join(format!("{stem}.client-{label}.json")), serde_json::to_string(&s).unwrap()).unwrap();
 }
@@ -182,7 +184,7 @@ fn hand_made_raw_dir_gives_the_expected_overall_csv() {
     assert_eq!(&uring[14], "1");
     let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
     assert!(md.contains("| epoll | 2 | 64 | Success |"), "{md}");
-    assert!(md.contains("uring at 2 connections: 1 client errors; 19 of 20 requests verified"), "{md}");
+    assert!(md.contains("uring at 2 connections: 1 client errors (first: request 3: read: timed out after 10.0 s); 19 of 20 requests verified"), "{md}");
     assert!(md.contains("![Server CPU per request](plots/cpu_per_request.png)"), "{md}");
 }
 

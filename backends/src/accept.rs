@@ -7,11 +7,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::book::{CloseReason, ConnMeter, ThreadBook};
 use crate::handoff::{Inbox, NewConn};
-use crate::notice::Notice;
+use crate::notice::{Episode, Notice};
 use crate::shared::Shared;
 use crate::sys::{Epoll, Events, Interest, Token};
 
@@ -43,28 +43,19 @@ impl AcceptError {
     }
 }
 
-/// Reports running out of descriptors once per episode instead of once per attempt.
-///
-/// Near the limit the acceptor flaps: one descriptor frees up, one accept succeeds, the
-/// next fails again. An episode therefore only ends after a second with no failure, so a
-/// flapping server reports once, not once per freed descriptor.
+/// Running out of descriptors: accepting pauses until the retry, and each episode is
+/// reported once.
 #[derive(Default)]
 struct OutOfFds {
     /// Accepting is paused until the retry.
     active: bool,
-    reported: bool,
-    attempts: u64,
-    last_hit: Option<Instant>,
+    episode: Episode,
 }
 
 impl OutOfFds {
-    const QUIET: Duration = Duration::from_secs(1);
-
     fn hit(&mut self, shared: &Shared, e: &io::Error) {
-        self.attempts += 1;
         self.active = true;
-        self.last_hit = Some(Instant::now());
-        if !std::mem::replace(&mut self.reported, true) {
+        if self.episode.failed() {
             shared.notify(Notice::OutOfFds {
                 error: e.to_string(),
                 open: shared.open.load(Ordering::Relaxed),
@@ -75,10 +66,8 @@ impl OutOfFds {
 
     fn recovered(&mut self, shared: &Shared) {
         self.active = false;
-        if self.reported && self.last_hit.is_some_and(|t| t.elapsed() >= Self::QUIET) {
-            shared.notify(Notice::AcceptingAgain { failed_attempts: self.attempts });
-            self.reported = false;
-            self.attempts = 0;
+        if let Some(failed_attempts) = self.episode.succeeded() {
+            shared.notify(Notice::AcceptingAgain { failed_attempts });
         }
     }
 }

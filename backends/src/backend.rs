@@ -2,6 +2,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use crate::book::ThreadStats;
 use crate::shared::Shared;
@@ -15,7 +16,7 @@ use crate::shared::Shared;
 pub trait Backend: Send {
     /// Serves `listener` until stopped. Runs on the caller's thread (it becomes the
     /// acceptor) and spawns whatever threads the backend needs.
-    fn serve(self: Box<Self>, listener: OwnedFd, shared: &Shared) -> io::Result<Vec<ThreadStats>>;
+    fn serve(self: Box<Self>, listener: OwnedFd, shared: &Arc<Shared>) -> io::Result<Vec<ThreadStats>>;
 
     /// Which optional kernel features this backend ended up using, for the summary.
     fn features(&self) -> Vec<(String, String)> {

@@ -53,7 +53,8 @@ pub fn build(_cfg: &ServerConfig) -> io::Result<Box<dyn Backend>> {
 }
 
 impl Backend for EpollBackend {
-    fn serve(self: Box<Self>, listener: OwnedFd, shared: &Shared) -> io::Result<Vec<ThreadStats>> {
+    fn serve(self: Box<Self>, listener: OwnedFd, shared: &Arc<Shared>) -> io::Result<Vec<ThreadStats>> {
+        let shared: &Shared = shared;
         serve_with_workers(
             shared,
             "epoll",

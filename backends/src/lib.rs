@@ -7,6 +7,8 @@
 //! - [`epoll`]: edge-triggered, worker-per-epoll; each connection registered once.
 //! - [`uring`]: worker-per-ring io_uring with multishot accept and receive, provided buffer
 //!   rings and deferred task running, each feature detected at start with a fallback.
+//! - [`threads`]: one blocking thread per connection, the traditional server the seed
+//!   compares epoll against.
 //!
 //! # Layers
 //! Dependencies point one way, from the bottom up (checked by `tests/architecture.rs`):
@@ -21,7 +23,7 @@
 //!    accept-and-route path), [`handoff`] (worker queues), [`table`] (a worker's
 //!    connections and their close bookkeeping), [`worker`] (start-up and shutdown of
 //!    workers, the idle tick), and the [`Backend`] trait.
-//! 5. The backends: [`epoll`], [`uring`]. None imports another.
+//! 5. The backends: [`epoll`], [`uring`], [`threads`]. None imports another.
 //! 6. [`server`] — the registry of backends, start and stop, the summary — and
 //!    [`variant`], names for backends with switches.
 
@@ -37,6 +39,7 @@ pub mod server;
 pub mod shared;
 pub mod sys;
 pub mod table;
+pub mod threads;
 pub mod uring;
 pub mod variant;
 pub mod worker;

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,38 @@ impl fmt::Display for Notice {
                 write!(f, "threads can be created again after {rejected} connections were rejected")
             }
         }
+    }
+}
+
+/// One kind of trouble, reported once per episode instead of once per occurrence.
+///
+/// Near a limit a server flaps: one resource frees up, one attempt succeeds, the next
+/// fails again. An episode therefore ends only after a quiet second with no failure, so a
+/// flapping server reports once, not once per freed resource.
+#[derive(Debug, Default)]
+pub struct Episode {
+    reported: bool,
+    failures: u64,
+    last_failure: Option<Instant>,
+}
+
+impl Episode {
+    const QUIET: Duration = Duration::from_secs(1);
+
+    /// Counts a failure; true when it starts an episode (report it).
+    pub fn failed(&mut self) -> bool {
+        self.failures += 1;
+        self.last_failure = Some(Instant::now());
+        !std::mem::replace(&mut self.reported, true)
+    }
+
+    /// A success: `Some(failures)` when it ends a reported episode (report that too).
+    pub fn succeeded(&mut self) -> Option<u64> {
+        if self.reported && self.last_failure.is_some_and(|t| t.elapsed() >= Self::QUIET) {
+            self.reported = false;
+            return Some(std::mem::take(&mut self.failures));
+        }
+        None
     }
 }
 

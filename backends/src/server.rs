@@ -49,6 +49,11 @@ pub const BACKENDS: &[Registered] = &[
         about: "io_uring, one ring per worker thread: multishot accept and receive, provided buffers",
         build: crate::uring::build,
     },
+    Registered {
+        name: "threads",
+        about: "one blocking thread per connection: the traditional server the seed compares against",
+        build: crate::threads::build,
+    },
 ];
 
 /// The backend called `name`.
@@ -239,7 +244,7 @@ pub fn start(backend: &'static Registered, cfg: ServerConfig) -> io::Result<Serv
     let sh = Arc::clone(&shared);
     let thread = std::thread::Builder::new()
         .name("ringbench-accept".into())
-        .spawn(move || serve(backend.name, server, listener, &sh, addr, features, limits))?;
+        .spawn(move || serve(backend.name, server, listener, sh, addr, features, limits))?;
     Ok(ServerHandle { addr, shared, thread: Some(thread) })
 }
 
@@ -248,13 +253,13 @@ fn serve(
     name: &str,
     server: Box<dyn Backend>,
     listener: OwnedFd,
-    sh: &Shared,
+    sh: Arc<Shared>,
     addr: SocketAddr,
     features: BTreeMap<String, String>,
     (nofile_soft, nofile_hard): (u64, u64),
 ) -> io::Result<ServerSummary> {
     let start = (sys::rusage_self()?, Instant::now());
-    let per_thread = server.serve(listener, sh)?;
+    let per_thread = server.serve(listener, &sh)?;
     sh.log.flush(&sh.notices);
     let (ru0, t0) = sh.ready_mark().unwrap_or(start);
     let wall_s = t0.elapsed().as_secs_f64();

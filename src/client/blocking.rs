@@ -12,7 +12,7 @@ use ringbench_backends::sys;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::payload::{fill_payload, first_difference, mismatch, nearest_rank};
-use super::{check_limits, summarise, ClientConfig, ClientError, ClientReport, ConnOutcome};
+use super::{check_limits, summarise, ClientConfig, ClientError, ClientReport, ConnOutcome, Window};
 use crate::results::ThreadRow;
 
 /// Messages larger than this are sent and received at the same time (poll loop): written
@@ -87,13 +87,15 @@ pub fn run(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<ClientRepo
     let t0 = Instant::now();
     let _ = gate.opened_at.set(t0);
     drop(closed);
+    let window = Window::start(&cfg.phases);
     for (thread, h) in handles {
         match h.join() {
             Ok(o) => outcomes.push(o),
             Err(_) => outcomes.push(ConnOutcome::failed(cfg, thread, "client thread panicked".into())),
         }
     }
-    Ok(summarise(cfg, outcomes, t0.elapsed().as_secs_f64()))
+    let wall_s = t0.elapsed().as_secs_f64();
+    Ok(summarise(cfg, outcomes, wall_s, window.end(&cfg.phases)))
 }
 
 /// A connected stream: from `source` if given, `TCP_NODELAY`, every operation bounded by

@@ -19,6 +19,8 @@ pub mod shard;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -50,6 +52,50 @@ pub struct ClientConfig {
     pub first_thread: usize,
     /// Child processes to spread the connections over (each has its own fd limit).
     pub processes: usize,
+    /// Where to say when the measured phase starts and ends.
+    pub phases: Phases,
+}
+
+/// Marks of the measured phase — `start` when the start gate opens, `end` when the last
+/// connection has finished — written as lines to a descriptor the caller gave, so a
+/// sweep can sample the server's CPU time at those instants.
+#[derive(Clone, Debug, Default)]
+pub struct Phases(Option<Arc<OwnedFd>>);
+
+impl Phases {
+    pub fn to(fd: OwnedFd) -> Phases {
+        Phases(Some(Arc::new(fd)))
+    }
+
+    /// Writes `what` as a line; a reader that has gone away is not the run's problem.
+    pub fn mark(&self, what: &str) {
+        if let Some(fd) = &self.0 {
+            let _ = sys::write(fd.as_fd(), format!("{what}\n").as_bytes());
+        }
+    }
+}
+
+/// When a measured phase ran, in UTC microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    pub start_unix_us: u64,
+    pub end_unix_us: u64,
+}
+
+impl Window {
+    /// The phase starts now: says so, and returns its start.
+    pub fn start(phases: &Phases) -> Window {
+        let w = Window { start_unix_us: sys::unix_now_us(), end_unix_us: 0 };
+        phases.mark("start");
+        w
+    }
+
+    /// The phase ends now.
+    pub fn end(mut self, phases: &Phases) -> Window {
+        self.end_unix_us = sys::unix_now_us();
+        phases.mark("end");
+        self
+    }
 }
 
 impl ClientConfig {
@@ -64,6 +110,7 @@ impl ClientConfig {
             source_ips: Vec::new(),
             first_thread: 0,
             processes: 1,
+            phases: Phases::default(),
         }
     }
 
@@ -231,7 +278,7 @@ struct Connects {
 }
 
 /// The report of a run in this process from its connections' outcomes.
-pub fn summarise(cfg: &ClientConfig, outcomes: Vec<ConnOutcome>, wall_s: f64) -> ClientReport {
+pub fn summarise(cfg: &ClientConfig, outcomes: Vec<ConnOutcome>, wall_s: f64, window: Window) -> ClientReport {
     let mut hist = new_histogram();
     let mut rows = Vec::with_capacity(outcomes.len());
     let mut connects = Connects::default();
@@ -248,11 +295,12 @@ pub fn summarise(cfg: &ClientConfig, outcomes: Vec<ConnOutcome>, wall_s: f64) ->
         rows.push(o.row);
     }
     rows.sort_by_key(|r| r.thread);
-    report(cfg, rows, hist, wall_s, connects)
+    report(cfg, rows, hist, wall_s, connects, window)
 }
 
-/// Merges reports of parts of one run (processes or hosts started together) into one.
-pub fn merge(cfg: &ClientConfig, parts: Vec<ClientReport>) -> ClientReport {
+/// Merges reports of parts of one run (processes or hosts started together) into one,
+/// whose measured phase is `window`.
+pub fn merge(cfg: &ClientConfig, parts: Vec<ClientReport>, window: Window) -> ClientReport {
     let mut hist = new_histogram();
     let mut rows = Vec::new();
     let mut wall_s = 0.0f64;
@@ -269,7 +317,7 @@ pub fn merge(cfg: &ClientConfig, parts: Vec<ClientReport>) -> ClientReport {
         rows.extend(p.rows);
     }
     rows.sort_by_key(|r| r.thread);
-    report(cfg, rows, hist, wall_s, connects)
+    report(cfg, rows, hist, wall_s, connects, window)
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -278,7 +326,14 @@ fn new_histogram() -> Histogram<u64> {
 
 /// The one place that defines every summary figure, for a run in one process and for
 /// merged parts alike.
-fn report(cfg: &ClientConfig, rows: Vec<ThreadRow>, hist: Histogram<u64>, wall_s: f64, c: Connects) -> ClientReport {
+fn report(
+    cfg: &ClientConfig,
+    rows: Vec<ThreadRow>,
+    hist: Histogram<u64>,
+    wall_s: f64,
+    c: Connects,
+    window: Window,
+) -> ClientReport {
     let n = rows.len().max(1) as f64;
     let requests: u64 = rows.iter().map(|r| r.requests).sum();
     let us = |ns: u64| ns as f64 / 1e3;
@@ -307,6 +362,8 @@ fn report(cfg: &ClientConfig, rows: Vec<ThreadRow>, hist: Histogram<u64>, wall_s
         connect_max_s: c.max_s,
         latency_model: LATENCY_MODEL.into(),
         latency_histogram: encode_histogram(&hist),
+        measured_start_unix_us: window.start_unix_us,
+        measured_end_unix_us: window.end_unix_us,
     };
     ClientReport { summary, rows }
 }

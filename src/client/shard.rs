@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use super::{blocking, check_limits, merge, summarise, ClientConfig, ClientError, ClientReport, ConnOutcome};
+use super::{blocking, check_limits, merge, summarise, ClientConfig, ClientError, ClientReport, ConnOutcome, Window};
 use crate::results::{ClientSummary, ThreadRow};
 
 /// What a shard sends back.
@@ -115,7 +115,7 @@ impl Shard {
                 let failed = (self.first..self.first + self.connections)
                     .map(|t| ConnOutcome::failed(&part, t, why.clone()))
                     .collect();
-                summarise(&part, failed, 0.0)
+                summarise(&part, failed, 0.0, Window::default())
             }
         }
     }
@@ -144,6 +144,8 @@ pub fn run(cfg: &ClientConfig) -> Result<ClientReport, ClientError> {
     for s in &mut shards {
         s.go();
     }
-    let parts = shards.into_iter().enumerate().map(|(i, s)| s.finish(cfg, &format!("client process {i}"))).collect();
-    Ok(merge(cfg, parts))
+    let window = Window::start(&cfg.phases);
+    let parts: Vec<ClientReport> =
+        shards.into_iter().enumerate().map(|(i, s)| s.finish(cfg, &format!("client process {i}"))).collect();
+    Ok(merge(cfg, parts, window.end(&cfg.phases)))
 }

@@ -67,15 +67,22 @@ pub fn draw_all(dir: &Path, points: &[Point], order: &[String], caption: &str) -
     Ok(out)
 }
 
-fn color(i: usize, name: &str) -> RGBColor {
-    match name {
-        "epoll" => RGBColor(52, 101, 164),
-        "uring" => RGBColor(230, 120, 20),
-        _ => {
-            let c = Palette99::pick(i + 2).to_rgba();
-            RGBColor(c.0, c.1, c.2)
-        }
-    }
+/// Series colours by position (the baseline first): the Okabe-Ito palette, which stays
+/// distinct for colour-blind readers, then plotters' large palette.
+fn color(i: usize) -> RGBColor {
+    const OKABE_ITO: [RGBColor; 7] = [
+        RGBColor(0, 114, 178),
+        RGBColor(230, 159, 0),
+        RGBColor(0, 158, 115),
+        RGBColor(204, 121, 167),
+        RGBColor(86, 180, 233),
+        RGBColor(213, 94, 0),
+        RGBColor(120, 120, 120),
+    ];
+    OKABE_ITO.get(i).copied().unwrap_or_else(|| {
+        let c = Palette99::pick(i).to_rgba();
+        RGBColor(c.0, c.1, c.2)
+    })
 }
 
 /// Draws one chart in memory and returns it as PNG.
@@ -135,7 +142,7 @@ fn paint(
     let bar_w = group_w / backends.len().max(1) as f64;
     let show_values = conns.len() * backends.len() <= 24;
     for (j, b) in backends.iter().enumerate() {
-        let c = color(j, b);
+        let c = color(j);
         let mine: Vec<(usize, &Point)> = points
             .iter()
             .filter(|p| &&p.backend == b)

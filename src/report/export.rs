@@ -246,9 +246,7 @@ fn overall_section(md: &mut String, points: &[Point]) {
     if !failed.is_empty() {
         let _ = writeln!(md, "\n### Failed points\n");
         for p in failed {
-            let mut problems = p.problems.clone();
-            problems.dedup();
-            let _ = writeln!(md, "- {} at {} connections: {}", p.backend, p.connections, problems.join("; "));
+            let _ = writeln!(md, "- {} at {} connections: {}", p.backend, p.connections, p.problems.join("; "));
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Reading a sweep's `raw/` directory back into runs.
 //!
 //! Raw files are named `{backend}_c{connections}_s{size}_r{repeat}.{part}` where part is
-//! `server.json` (the server summary), `server.csv` (its per-connection log) or
-//! `client-{label}.csv` / `client-{label}.json` (one pair per client host).
+//! `server.json` (the server summary), `server.csv` (its per-connection log),
+//! `server-proc.json` (what the sweep saw of the server process: its CPU time over the
+//! measured phase, perf's syscall count) or `client-{label}.csv` / `client-{label}.json`
+//! (one pair per client host).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use ringbench_backends::ServerSummary;
 
-use crate::results::{read_rows_csv, ClientSummary, RunKey, ThreadRow};
+use crate::results::{read_rows_csv, ClientSummary, RunKey, ServerProcRecord, ThreadRow};
 
 /// One client host's output for a run.
 #[derive(Clone, Debug)]
@@ -29,6 +31,8 @@ pub struct Run {
     pub server: Option<ServerSummary>,
     /// Rows in the server's per-connection log, if it was kept.
     pub server_log_rows: Option<usize>,
+    /// What the sweep saw of the server process (absent in sweeps made before it kept it).
+    pub proc: Option<ServerProcRecord>,
 }
 
 /// Reads every run in `raw`.
@@ -45,6 +49,8 @@ pub fn load_runs(raw: &Path) -> anyhow::Result<BTreeMap<RunKey, Run>> {
         let ctx = || format!("cannot read '{}'", path.display());
         if part == "server.json" {
             run.server = Some(serde_json::from_str(&fs::read_to_string(&path).with_context(ctx)?).with_context(ctx)?);
+        } else if part == "server-proc.json" {
+            run.proc = Some(serde_json::from_str(&fs::read_to_string(&path).with_context(ctx)?).with_context(ctx)?);
         } else if part == "server.csv" {
             run.server_log_rows = Some(count_csv_rows(&path).with_context(ctx)?);
         } else if let Some(label) = part.strip_prefix("client-").and_then(|p| p.strip_suffix(".csv")) {

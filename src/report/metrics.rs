@@ -5,7 +5,7 @@
 use hdrhistogram::Histogram;
 use ringbench_backends::ServerSummary;
 
-use crate::results::{ClientSummary, ThreadRow};
+use crate::results::{ClientSummary, ServerProcRecord, ThreadRow};
 
 /// Which way is better, for sentences and chart subtitles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub struct Metric {
     /// Its `summary.md` column: header and decimals.
     pub table: Option<(&'static str, usize)>,
     pub chart: Option<ChartSpec>,
+    /// Also taken from the runs that count syscalls with perf (external targets), which
+    /// give nothing else: tracing costs CPU per syscall and would bias the rest.
+    pub syscall_run: bool,
     /// Its value for one run; `None` when the run has no such figure (n/a).
     pub of: fn(&RunView) -> Option<f64>,
 }
@@ -60,6 +63,8 @@ pub struct RunView<'a> {
     /// Every host's round trips merged; `None` if a host's histogram is missing.
     pub latency: Option<Histogram<u64>>,
     pub server: Option<&'a ServerSummary>,
+    /// What the sweep saw of the server process.
+    pub proc: Option<&'a ServerProcRecord>,
     /// Requests completed and verified, over every host.
     pub requests: u64,
 }
@@ -78,10 +83,26 @@ impl RunView<'_> {
         }
     }
 
-    /// A server figure per verified request.
-    fn per_request(&self, f: fn(&ServerSummary) -> f64) -> Option<f64> {
-        let s = self.server?;
-        (self.requests > 0).then(|| f(s) / self.requests as f64)
+    /// `x` per verified request.
+    fn per_request(&self, x: Option<f64>) -> Option<f64> {
+        (self.requests > 0).then_some(x? / self.requests as f64)
+    }
+
+    /// The server's CPU over the measured phase, sampled by the sweep the same way for
+    /// every server; for sweeps that did not sample it, the backend's own figure.
+    fn server_cpu_s(&self) -> Option<f64> {
+        match self.proc {
+            Some(p) => p.cpu_s,
+            None => self.server.map(|s| s.cpu_user_s + s.cpu_sys_s),
+        }
+    }
+
+    /// Syscalls the server made: perf's count in a syscall run, else the backend's own.
+    fn server_syscalls(&self) -> Option<f64> {
+        match self.proc.and_then(|p| p.perf_syscalls) {
+            Some(n) => Some(n as f64),
+            None => self.server.map(|s| s.syscalls_total as f64),
+        }
     }
 }
 
@@ -95,6 +116,7 @@ pub const METRICS: &[Metric] = &[
         headline: true,
         table: Some(("AvgTotalDuration s", 4)),
         chart: Some(ChartSpec { file: "avg_total_duration", axis: "seconds (mean over connections)", scale: 1.0 }),
+        syscall_run: false,
         of: |r| r.mean_of_rows(|t| t.total_duration_s),
     },
     Metric {
@@ -110,6 +132,7 @@ pub const METRICS: &[Metric] = &[
             axis: "milliseconds per round trip (closed-loop)",
             scale: 1e3,
         }),
+        syscall_run: false,
         of: |r| r.mean_of_rows(|t| t.avg_response_s),
     },
     Metric {
@@ -121,6 +144,7 @@ pub const METRICS: &[Metric] = &[
         headline: true,
         table: Some(("req/s", 0)),
         chart: Some(ChartSpec { file: "throughput", axis: "verified requests per second", scale: 1.0 }),
+        syscall_run: false,
         of: |r| (!r.summaries.is_empty()).then(|| r.summaries.iter().map(|s| s.throughput_rps).sum()),
     },
     Metric {
@@ -132,6 +156,7 @@ pub const METRICS: &[Metric] = &[
         headline: true,
         table: Some(("p50 µs", 0)),
         chart: None,
+        syscall_run: false,
         of: |r| r.latency_us(0.50, |s| s.latency_p50_us),
     },
     Metric {
@@ -143,6 +168,7 @@ pub const METRICS: &[Metric] = &[
         headline: true,
         table: Some(("p99 µs", 0)),
         chart: Some(ChartSpec { file: "p99_latency", axis: "milliseconds (closed-loop)", scale: 1e-3 }),
+        syscall_run: false,
         of: |r| r.latency_us(0.99, |s| s.latency_p99_us),
     },
     Metric {
@@ -154,7 +180,8 @@ pub const METRICS: &[Metric] = &[
         headline: true,
         table: Some(("CPU µs/req", 2)),
         chart: Some(ChartSpec { file: "cpu_per_request", axis: "µs of CPU (user + sys) per request", scale: 1.0 }),
-        of: |r| r.per_request(|s| (s.cpu_user_s + s.cpu_sys_s) * 1e6),
+        syscall_run: false,
+        of: |r| r.per_request(r.server_cpu_s().map(|s| s * 1e6)),
     },
     Metric {
         key: "server_syscalls_per_request",
@@ -169,7 +196,22 @@ pub const METRICS: &[Metric] = &[
             axis: "syscalls per request (server's own count)",
             scale: 1.0,
         }),
-        of: |r| r.per_request(|s| s.syscalls_total as f64),
+        syscall_run: true,
+        of: |r| r.per_request(r.server_syscalls()),
+    },
+    Metric {
+        key: "server_cpu_self_us_per_request",
+        title: "Server CPU per request, by the server's own getrusage",
+        what: "CPU per request (own count)",
+        better: Better::Lower,
+        digits: 3,
+        headline: false,
+        table: None,
+        chart: None,
+        syscall_run: false,
+        // A cross-check of the sampled figure: from the end of set-up to the end of the
+        // stop, so it includes accepting and closing; ringbench's backends only.
+        of: |r| r.per_request(r.server.map(|s| (s.cpu_user_s + s.cpu_sys_s) * 1e6)),
     },
 ];
 

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 
 use super::load::Run;
 use super::metrics::{index, Metric, RunView, METRICS};
-use crate::results::{decode_histogram, ClientSummary, RunKey, ThreadRow};
+use crate::results::{decode_histogram, ClientSummary, Pass, RunKey, ThreadRow};
 
 /// The figures of one run, over all its client hosts.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -39,7 +39,14 @@ pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
     let rows: Vec<&ThreadRow> = run.clients.iter().flat_map(|c| c.rows.iter()).collect();
     let summaries: Vec<&ClientSummary> = run.clients.iter().filter_map(|c| c.summary.as_ref()).collect();
     let requests = rows.iter().map(|r| r.requests).sum();
-    let view = RunView { latency: merged_latency(&summaries), rows, summaries, server: run.server.as_ref(), requests };
+    let view = RunView {
+        latency: merged_latency(&summaries),
+        rows,
+        summaries,
+        server: run.server.as_ref(),
+        proc: run.proc.as_ref(),
+        requests,
+    };
     let mut f = RunFigures {
         connections: if view.summaries.is_empty() {
             view.rows.len()
@@ -49,7 +56,11 @@ pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
         requests_per_connection: view.summaries.first().map_or(0, |s| s.requests_per_connection),
         requests,
         errors: view.rows.iter().map(|r| r.errors).sum(),
-        values: METRICS.iter().map(|m| (m.of)(&view)).collect(),
+        // A syscall run gives syscalls only: tracing biases everything else it measures.
+        values: METRICS
+            .iter()
+            .map(|m| if key.pass == Pass::Syscalls && !m.syscall_run { None } else { (m.of)(&view) })
+            .collect(),
         ..RunFigures::default()
     };
     f.problems = problems(key, run, &f);
@@ -57,9 +68,16 @@ pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
     f
 }
 
-/// Why a run does not count: lost bytes or requests, a missing or incomplete server log.
+/// Why a run does not count: a server that never ran, lost bytes or requests, and — for
+/// ringbench's backends, which keep them — a missing or incomplete server log. An external
+/// server's status comes from the client's byte verification alone.
 fn problems(key: &RunKey, run: &Run, f: &RunFigures) -> Vec<String> {
     let mut p = Vec::new();
+    if let Some(e) = run.proc.as_ref().and_then(|r| r.error.as_ref()) {
+        // Nothing else about the run means anything then.
+        return vec![format!("server did not start: {e}")];
+    }
+    let external = run.proc.as_ref().is_some_and(|r| r.kind == "target");
     match &run.server {
         Some(s) => {
             if let Some(logged) = run.server_log_rows {
@@ -71,13 +89,16 @@ fn problems(key: &RunKey, run: &Run, f: &RunFigures) -> Vec<String> {
                 p.push(format!("server could not write {} log rows", s.log_rows_lost));
             }
         }
+        None if external => {}
         None => p.push("no server summary (server did not exit cleanly)".into()),
     }
     if run.clients.iter().all(|c| c.summary.is_none()) {
         p.push("no client output".into());
     }
     if f.errors > 0 {
-        p.push(format!("{} client errors", f.errors));
+        let first = run.clients.iter().flat_map(|c| c.rows.iter()).find(|r| r.errors > 0);
+        let why = first.map_or(String::new(), |r| format!(" (first: {})", r.error));
+        p.push(format!("{} client errors{why}", f.errors));
     }
     let expected = f.connections as u64 * f.requests_per_connection;
     if f.requests != expected {
@@ -150,10 +171,10 @@ type PointKey = (usize, String, usize, usize);
 /// name), then by size and connections.
 pub fn points(runs: &BTreeMap<RunKey, Run>, order: &[String]) -> Vec<Point> {
     let rank = |b: &str| order.iter().position(|x| x == b).unwrap_or(order.len());
-    let mut groups: BTreeMap<PointKey, Vec<(usize, RunFigures)>> = BTreeMap::new();
+    let mut groups: BTreeMap<PointKey, Vec<(&RunKey, RunFigures)>> = BTreeMap::new();
     for (key, run) in runs {
         let g = (rank(&key.backend), key.backend.clone(), key.size_bytes, key.connections);
-        groups.entry(g).or_default().push((key.repeat, figures(key, run)));
+        groups.entry(g).or_default().push((key, figures(key, run)));
     }
     let mut out: Vec<Point> = groups
         .into_iter()
@@ -163,16 +184,27 @@ pub fn points(runs: &BTreeMap<RunKey, Run>, order: &[String]) -> Vec<Point> {
             size_bytes,
             ok: figs.iter().all(|(_, f)| f.ok),
             requests_per_connection: figs.iter().map(|(_, f)| f.requests_per_connection).max().unwrap_or(0),
-            repeats: figs.len(),
+            repeats: figs.iter().filter(|(k, _)| k.pass == Pass::Measure).count(),
             errors: figs.iter().map(|(_, f)| f.errors).sum(),
-            problems: figs.iter().flat_map(|(_, f)| f.problems.iter().cloned()).collect(),
+            problems: unique(figs.iter().flat_map(|(_, f)| f.problems.iter().cloned())),
             values: (0..METRICS.len())
-                .map(|i| Spread::of(figs.iter().filter_map(|(r, f)| f.values[i].map(|v| (*r, v))).collect()))
+                .map(|i| Spread::of(figs.iter().filter_map(|(k, f)| f.values[i].map(|v| (k.repeat, v))).collect()))
                 .collect(),
         })
         .collect();
     // Sizes, then connections, ascending; backends keep their order within each.
     out.sort_by_key(|p| (p.size_bytes, p.connections, rank(&p.backend)));
+    out
+}
+
+/// Each distinct item once, in order of first appearance.
+fn unique(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
     out
 }
 

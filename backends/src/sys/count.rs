@@ -28,10 +28,11 @@ pub enum Sys {
     Nanosleep,
     Shutdown,
     Clone,
+    Setsockopt,
 }
 
 impl Sys {
-    pub const ALL: [Sys; 13] = [
+    pub const ALL: [Sys; 14] = [
         Sys::Accept,
         Sys::Read,
         Sys::Write,
@@ -45,6 +46,7 @@ impl Sys {
         Sys::Nanosleep,
         Sys::Shutdown,
         Sys::Clone,
+        Sys::Setsockopt,
     ];
 
     /// The name the kernel's syscall table uses, as in `perf` output.
@@ -63,6 +65,7 @@ impl Sys {
             Sys::Nanosleep => "clock_nanosleep",
             Sys::Shutdown => "shutdown",
             Sys::Clone => "clone3",
+            Sys::Setsockopt => "setsockopt",
         }
     }
 }

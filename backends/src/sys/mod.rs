@@ -119,6 +119,28 @@ pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// A close-on-exec pipe: `(read end, write end)`.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a writable array of two ints, as pipe2 requires.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok((owned(fds[0]), owned(fds[1])))
+}
+
+/// Duplicates `fd` onto descriptor number `to` (without close-on-exec). Makes one
+/// syscall and no allocation, so it may run in a `pre_exec` hook.
+pub fn dup_to(fd: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: plain integer arguments; `to` is replaced, which is what the caller asks.
+    cvt(unsafe { libc::dup2(fd, to) })?;
+    Ok(())
+}
+
+/// Whether `fd` is an open descriptor of this process.
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD on any integer is harmless; -1 (EBADF) means not open.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
 /// A non-blocking, close-on-exec eventfd.
 pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain integer arguments.
@@ -169,6 +191,22 @@ pub fn set_nofile_limit(n: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// CPU time (user + system) that process `pid` has used so far — every thread, the exited
+/// ones included — in nanoseconds: the figure `/proc/PID/stat` rounds to clock ticks.
+pub fn process_cpu_ns(pid: i32) -> io::Result<u64> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a writable clockid_t; clock_getcpuclockid returns an error
+    // number rather than setting errno.
+    let err = unsafe { libc::clock_getcpuclockid(pid, &mut clock) };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a writable timespec.
+    cvt(unsafe { libc::clock_gettime(clock, &mut ts) })?;
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
 /// Clock ticks per second, the unit of `/proc/PID/stat` CPU times.
 pub fn clock_ticks_per_s() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -193,6 +231,11 @@ pub fn allowed_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// Microseconds since the Unix epoch (UTC).
+pub fn unix_now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
 /// Seconds since the Unix epoch, with microseconds, for log rows.
 pub fn unix_now_s() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -202,6 +245,25 @@ pub fn unix_now_s() -> f64 {
 pub fn shutdown(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: plain integer arguments.
     cvt(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) })?;
+    Ok(())
+}
+
+/// Receive and send timeouts (SO_RCVTIMEO, SO_SNDTIMEO) on a blocking socket: a read or a
+/// write that waits longer fails with EAGAIN.
+pub fn set_socket_timeouts(fd: BorrowedFd<'_>, t: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval { tv_sec: t.as_secs() as libc::time_t, tv_usec: t.subsec_micros() as libc::suseconds_t };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: `tv` is a valid timeval for the duration of the call and its size is passed.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        })?;
+    }
     Ok(())
 }
 

@@ -64,6 +64,7 @@ mod worker;
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 pub use buf_ring::{BufRing, RingBuf};
 pub use conn::{PENDING_HIGH_BYTES, PENDING_LOW_BYTES};
@@ -91,7 +92,8 @@ impl Backend for UringBackend {
         self.feat.describe()
     }
 
-    fn serve(self: Box<Self>, listener: OwnedFd, shared: &Shared) -> io::Result<Vec<ThreadStats>> {
+    fn serve(self: Box<Self>, listener: OwnedFd, shared: &Arc<Shared>) -> io::Result<Vec<ThreadStats>> {
+        let shared: &Shared = shared;
         let feat = &self.feat;
         serve_with_workers(
             shared,

@@ -1,0 +1,243 @@
+//! The sweep: every server under test — ringbench's backends and any external command —
+//! at every connection count (and size), repeated, each run against a fresh server
+//! process, servers interleaved within each point so machine drift hits them alike. Raw
+//! files first; the report is then built from them alone.
+
+mod run;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use ringbench_backends::{sys, Variant};
+use serde::Serialize;
+
+use crate::report;
+use crate::results::{Pass, RunKey};
+
+/// An external server in the sweep: `NAME='COMMAND ... {port}'`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub name: String,
+    /// Run with `sh -c 'exec COMMAND'` after `{port}` is replaced by a free port.
+    pub command: String,
+}
+
+/// What a sweep runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct MatrixConfig {
+    pub connections: Vec<usize>,
+    /// ringbench backends and variants, by name.
+    pub backends: Vec<String>,
+    /// External servers, after the backends in every point.
+    pub targets: Vec<Target>,
+    pub requests: u64,
+    pub sizes: Vec<usize>,
+    pub repeats: usize,
+    /// Server workers; `None`: one per server CPU.
+    pub workers: Option<usize>,
+    pub out: PathBuf,
+    /// CPUs for the server and for the client; empty lists mean "not pinned".
+    pub server_cpus: Vec<usize>,
+    pub client_cpus: Vec<usize>,
+    pub timeout_s: f64,
+    /// How long a server may take to be ready (to say it listens, or to accept).
+    pub ready_timeout_s: f64,
+    /// Extra `ringbench server` arguments for every run of a backend.
+    pub server_args: Vec<String>,
+    /// Extra `ringbench client` arguments for every run.
+    pub client_args: Vec<String>,
+    pub label: String,
+}
+
+impl MatrixConfig {
+    /// Every server's name, in the order points show them (the first is the baseline).
+    pub fn order(&self) -> Vec<String> {
+        self.backends.iter().cloned().chain(self.targets.iter().map(|t| t.name.clone())).collect()
+    }
+}
+
+/// A server under test.
+#[derive(Clone, Debug)]
+pub enum Contender {
+    Backend(Variant),
+    Target(Target),
+}
+
+impl Contender {
+    pub fn name(&self) -> &str {
+        match self {
+            Contender::Backend(v) => &v.name,
+            Contender::Target(t) => &t.name,
+        }
+    }
+}
+
+/// The default CPU split: the server gets the first half of the CPUs we may use (at least
+/// one), the client the rest. With one CPU nothing is pinned.
+pub fn default_pinning() -> (Vec<usize>, Vec<usize>) {
+    let cpus = sys::affinity().unwrap_or_default();
+    if cpus.len() < 2 {
+        return (Vec::new(), Vec::new());
+    }
+    let half = cpus.len() / 2;
+    (cpus[..half].to_vec(), cpus[half..].to_vec())
+}
+
+fn describe_pinning(cfg: &MatrixConfig) -> String {
+    if cfg.server_cpus.is_empty() && cfg.client_cpus.is_empty() {
+        "not pinned".into()
+    } else {
+        let list = |v: &[usize]| {
+            if v.is_empty() {
+                "any".to_string()
+            } else {
+                v.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+            }
+        };
+        format!("server on CPU {} · client on CPU {}", list(&cfg.server_cpus), list(&cfg.client_cpus))
+    }
+}
+
+/// One run of the plan.
+pub struct Planned {
+    pub key: RunKey,
+    pub contender: Contender,
+}
+
+/// Every run, in the order they run: per size and connection count, the repeats, each
+/// with every server in turn; then, where perf can count syscalls, one syscall run per
+/// external target.
+fn plan(cfg: &MatrixConfig, contenders: &[Contender], perf: bool) -> Vec<Planned> {
+    let mut plan = Vec::new();
+    for &size in &cfg.sizes {
+        for &conns in &cfg.connections {
+            let key = |c: &Contender, repeat, pass| RunKey {
+                backend: c.name().to_string(),
+                connections: conns,
+                size_bytes: size,
+                repeat,
+                pass,
+            };
+            for repeat in 1..=cfg.repeats {
+                for c in contenders {
+                    plan.push(Planned { key: key(c, repeat, Pass::Measure), contender: c.clone() });
+                }
+            }
+            for c in contenders.iter().filter(|c| perf && matches!(c, Contender::Target(_))) {
+                plan.push(Planned { key: key(c, 1, Pass::Syscalls), contender: c.clone() });
+            }
+        }
+    }
+    plan
+}
+
+/// Runs the sweep and builds the report. Exit status: 0 when every point succeeded, 1 when
+/// a point failed (recorded as Fail) or an output could not be written, 130 when
+/// interrupted (what was measured is kept).
+pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find the ringbench executable")?;
+    let mut contenders: Vec<Contender> = cfg
+        .backends
+        .iter()
+        .map(|b| Variant::parse(b).map(Contender::Backend).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
+    contenders.extend(cfg.targets.iter().cloned().map(Contender::Target));
+    let raw = cfg.out.join("raw");
+    std::fs::create_dir_all(&raw).with_context(|| format!("cannot create '{}'", raw.display()))?;
+    let perf = if cfg.targets.is_empty() { Err("no external targets".to_string()) } else { run::perf_works() };
+    let mut settings = serde_json::to_value(cfg)?;
+    settings["target_syscalls"] = serde_json::Value::from(match &perf {
+        Ok(()) => "perf stat -e raw_syscalls:sys_enter, in a run of its own".to_string(),
+        Err(why) => format!("n/a ({why})"),
+    });
+    let env = crate::env::collect(describe_pinning(cfg), settings);
+    crate::files::write_json(&cfg.out.join("env.json"), &env)?;
+    let uring = contenders.iter().any(|c| matches!(c, Contender::Backend(v) if v.backend.name == "uring"));
+    if let (true, Some(why)) = (uring, env.io_uring_features.get("unavailable")) {
+        bail!("{why}");
+    }
+    if let (false, Err(why)) = (cfg.targets.is_empty(), &perf) {
+        eprintln!("ringbench matrix: targets' syscalls will be n/a: {why}");
+    }
+    let plan = plan(cfg, &contenders, perf.is_ok());
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&interrupted)).context("cannot install signal handlers")?;
+    }
+    eprintln!(
+        "ringbench matrix: {} runs ({} servers × {} connection counts × {} sizes × {} repeats) into {}; {}",
+        plan.len(),
+        contenders.len(),
+        cfg.connections.len(),
+        cfg.sizes.len(),
+        cfg.repeats,
+        cfg.out.display(),
+        describe_pinning(cfg)
+    );
+    let t0 = Instant::now();
+    let ctx = run::Ctx { exe: &exe, cfg, raw: &raw, interrupted: &interrupted };
+    let stopped_early = run_plan(&ctx, &plan);
+    eprintln!("ringbench matrix: runs took {:.0} s; building the report", t0.elapsed().as_secs_f64());
+    let built = report::build(&cfg.out, &cfg.order())?;
+    if let Some(why) = &built.charts_failed {
+        eprintln!("ringbench matrix: charts not drawn: {why}");
+    }
+    let failed = built.points.iter().filter(|p| !p.ok).count();
+    let _ = writeln!(std::io::stdout(), "{}", cfg.out.join("summary.md").display());
+    eprintln!(
+        "ringbench matrix: {} points, {failed} failed; overall.csv, summary.md and plots/ in {}",
+        built.points.len(),
+        cfg.out.display()
+    );
+    Ok(if stopped_early {
+        eprintln!("ringbench matrix: interrupted; the report covers the runs that finished");
+        ExitCode::from(130)
+    } else if failed > 0 || built.charts_failed.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs the plan with a progress bar (plain lines when not on a terminal); returns whether
+/// it was interrupted.
+fn run_plan(ctx: &run::Ctx<'_>, plan: &[Planned]) -> bool {
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty { ProgressBar::new(plan.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs, ETA {eta} · {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    for (i, p) in plan.iter().enumerate() {
+        if ctx.interrupted.load(Ordering::Relaxed) {
+            bar.finish_and_clear();
+            return true;
+        }
+        let k = &p.key;
+        bar.set_message(format!("{} at {} connections, {}", k.backend, k.connections, k.stem()));
+        let (line, stop) = match run::one(ctx, p) {
+            Ok(run::Outcome::Done(s)) => (s, false),
+            Ok(run::Outcome::Interrupted) => ("interrupted".to_string(), true),
+            Err(e) => (format!("failed: {e:#}"), false),
+        };
+        if tty {
+            bar.println(format!("  {}: {line}", k.stem()));
+        } else {
+            eprintln!("[{}/{}] {}: {line}", i + 1, plan.len(), k.stem());
+        }
+        bar.inc(1);
+        if stop {
+            bar.finish_and_clear();
+            return true;
+        }
+    }
+    bar.finish_and_clear();
+    false
+}
