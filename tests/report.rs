@@ -263,6 +263,33 @@ fn matrix_runs_both_backends_and_writes_every_output() {
     assert!(env["settings"]["connections"].as_array().is_some_and(|c| c.len() == 2));
 }
 
+/// The server's CPU is sampled between the client's start and end marks; with hundreds of
+/// client threads released at once the marks must still bracket the whole measured phase
+/// (a start mark written after the gate opened came almost at the end at 2000).
+#[test]
+fn cpu_is_sampled_over_the_whole_measured_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(["matrix", "--connections", "2000", "--requests", "20", "--repeats", "1", "--backends", "epoll"])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("raw").join(f)).unwrap()).unwrap()
+    };
+    let proc = read("epoll_c2000_s64_r1.server-proc.json");
+    let client = read("epoll_c2000_s64_r1.client-vm.json");
+    let (measured, wall) = (proc["measured_s"].as_f64().unwrap(), client["wall_s"].as_f64().unwrap());
+    assert!((measured - wall).abs() <= 0.05 * wall + 0.005, "sampled over {measured} s of a {wall} s phase");
+    let window_s = (client["measured_end_unix_us"].as_u64().unwrap()
+        - client["measured_start_unix_us"].as_u64().unwrap()) as f64
+        / 1e6;
+    assert!((window_s - wall).abs() <= 0.05 * wall + 0.005, "window {window_s} s, wall {wall} s");
+    assert!(proc["cpu_s"].as_f64().unwrap() > 0.0);
+}
+
 /// Every file under `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();

@@ -84,10 +84,12 @@ pub fn run(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<ClientRepo
     }
     gate.wait_for(handles.len());
     before_start();
+    // Marked before the gate opens: once thousands of threads are released, this thread
+    // may not run again until most of the work is done.
+    let window = Window::start(&cfg.phases);
     let t0 = Instant::now();
     let _ = gate.opened_at.set(t0);
     drop(closed);
-    let window = Window::start(&cfg.phases);
     for (thread, h) in handles {
         match h.join() {
             Ok(o) => outcomes.push(o),

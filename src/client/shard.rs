@@ -141,10 +141,10 @@ pub fn run(cfg: &ClientConfig) -> Result<ClientReport, ClientError> {
     for s in &mut shards {
         s.wait_ready();
     }
+    let window = Window::start(&cfg.phases);
     for s in &mut shards {
         s.go();
     }
-    let window = Window::start(&cfg.phases);
     let parts: Vec<ClientReport> =
         shards.into_iter().enumerate().map(|(i, s)| s.finish(cfg, &format!("client process {i}"))).collect();
     Ok(merge(cfg, parts, window.end(&cfg.phases)))
