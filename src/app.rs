@@ -20,7 +20,8 @@ pub fn main() -> ExitCode {
         Task::Server(o) => run_server(o),
         Task::Client(o) => run_client(o),
         Task::Matrix(cfg) => matrix::run(&cfg),
-        Task::Report { dir, order } => run_report(&dir, &order),
+        Task::Report { dir, order, baseline } => run_report(&dir, &order, baseline.as_deref()),
+        Task::Probe { server_cpu, client_cpu, json } => run_probe(server_cpu, client_cpu, json),
     };
     match result {
         Ok(code) => code,
@@ -192,8 +193,27 @@ fn client_error(e: client::ClientError) -> anyhow::Error {
     }
 }
 
-fn run_report(dir: &std::path::Path, order: &[String]) -> anyhow::Result<ExitCode> {
-    let built = report::build(dir, order)?;
+fn run_probe(
+    server_cpu: Option<usize>,
+    client_cpu: Option<usize>,
+    json: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &json {
+        files::check_writable(p)?;
+    }
+    let (report, skipped) = crate::probe::run(server_cpu, client_cpu)?;
+    for s in skipped {
+        eprintln!("ringbench probe: {s}");
+    }
+    print_out(&report.to_string())?;
+    if let Some(p) = &json {
+        files::write_json(p, &report)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_report(dir: &std::path::Path, order: &[String], baseline: Option<&str>) -> anyhow::Result<ExitCode> {
+    let built = report::build(dir, order, baseline)?;
     let failed = built.points.iter().filter(|p| !p.ok).count();
     print_out(&dir.join("summary.md").display().to_string())?;
     eprintln!("ringbench report: {} points ({failed} failed) from {}", built.points.len(), dir.join("raw").display());

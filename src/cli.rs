@@ -34,6 +34,22 @@ enum Command {
     Matrix(MatrixArgs),
     /// Rebuild overall.csv, summary.md and plots/ of a sweep directory from its raw/ files.
     Report(ReportArgs),
+    /// Measure the costs that decide the answer here: a syscall, epoll_wait, loopback TCP,
+    /// io_uring NOPs, a cross-CPU wake-up.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ProbeArgs {
+    /// The CPU to measure on [default: the sweep's server CPU].
+    #[arg(long, value_name = "CPU")]
+    server_cpu: Option<usize>,
+    /// The other CPU of the wake-up [default: the sweep's client CPU].
+    #[arg(long, value_name = "CPU")]
+    client_cpu: Option<usize>,
+    /// Also write the figures as JSON here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -146,6 +162,10 @@ struct ClientArgs {
     /// open-file limit); they start together and report as one.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     processes: u32,
+    /// Repeat each connection's requests in rounds until the run has lasted this long
+    /// (AvgTotalDuration stays the time for one round).
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    min_run_s: Option<Duration>,
     /// The first connection number (set by a parent running this as a shard).
     #[arg(long, hide = true, default_value_t = 0)]
     first_thread: usize,
@@ -173,9 +193,20 @@ struct MatrixArgs {
     /// Bytes per request; a list sweeps sizes too [default: 64].
     #[arg(long, value_delimiter = ',', value_name = "BYTES,...", value_parser = parse_size)]
     size: Vec<usize>,
-    /// Repeats of each point [default: 3].
+    /// Repeats of each point [default: 3]. Servers alternate within each repeat, so each
+    /// repeat is a pair for the confidence intervals.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
     repeats: Option<u64>,
+    /// Each run repeats its workload in rounds until it lasts this long [default: 1; 0:
+    /// one round, the seed's workload exactly].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs_or_zero)]
+    min_run_s: Option<f64>,
+    /// The server every other is compared with [default: epoll, else the first].
+    #[arg(long, value_name = "NAME")]
+    baseline: Option<String>,
+    /// Skip `ringbench probe` before the sweep (env.json then has no probe figures).
+    #[arg(long)]
+    no_probe: bool,
     /// Server worker threads [default: one per server CPU].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: Option<u32>,
@@ -220,9 +251,12 @@ struct MatrixArgs {
 struct ReportArgs {
     /// A sweep directory (the --out of `ringbench matrix`), holding raw/.
     dir: PathBuf,
-    /// Backend order in tables and charts (the first is the baseline of every comparison).
+    /// Server order in tables and charts [default: as the sweep ran them].
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     backends: Vec<String>,
+    /// The server every other is compared with [default: as the sweep chose].
+    #[arg(long, value_name = "NAME")]
+    baseline: Option<String>,
 }
 
 /// What to run, with every option validated.
@@ -230,7 +264,8 @@ pub enum Task {
     Server(ServerOptions),
     Client(ClientOptions),
     Matrix(MatrixConfig),
-    Report { dir: PathBuf, order: Vec<String> },
+    Report { dir: PathBuf, order: Vec<String>, baseline: Option<String> },
+    Probe { server_cpu: Option<usize>, client_cpu: Option<usize>, json: Option<PathBuf> },
 }
 
 pub struct ServerOptions {
@@ -280,7 +315,15 @@ fn task(c: Command) -> Result<Task, UsageError> {
         Command::Server(a) => Task::Server(a.into_options()),
         Command::Client(a) => Task::Client(a.into_options()),
         Command::Matrix(a) => Task::Matrix(a.into_config()?),
-        Command::Report(a) => Task::Report { dir: a.dir, order: a.backends },
+        Command::Report(a) => Task::Report { dir: a.dir, order: a.backends, baseline: a.baseline },
+        Command::Probe(a) => {
+            let (server, client) = matrix::default_pinning();
+            Task::Probe {
+                server_cpu: a.server_cpu.or(server.first().copied()),
+                client_cpu: a.client_cpu.or(client.first().copied()),
+                json: a.json,
+            }
+        }
     })
 }
 
@@ -314,6 +357,7 @@ impl ClientArgs {
         cfg.source_ips = self.source_ips;
         cfg.processes = self.processes as usize;
         cfg.first_thread = self.first_thread;
+        cfg.min_run = self.min_run_s;
         if let Some(l) = self.label {
             cfg.label = l;
         }
@@ -358,6 +402,12 @@ impl MatrixArgs {
             self.backends.into_iter().map(|v| v.name).collect::<Vec<String>>()
         };
         let mut names: Vec<&str> = backends.iter().map(String::as_str).collect();
+        if let Some(b) = &self.baseline {
+            let known = backends.contains(b) || self.targets.iter().any(|t| &t.name == b);
+            if !known {
+                return Err(UsageError(format!("--baseline {b}: not one of the servers in this sweep")));
+            }
+        }
         for t in &self.targets {
             if names.contains(&t.name.as_str()) {
                 return Err(UsageError(format!("--target {}: the name is already used in this sweep", t.name)));
@@ -382,6 +432,9 @@ impl MatrixArgs {
             ready_timeout_s: self.ready_timeout.as_secs_f64(),
             server_args: self.server_args,
             client_args: self.client_args,
+            min_run_s: self.min_run_s.unwrap_or(if q { 0.0 } else { 1.0 }),
+            baseline: self.baseline,
+            probe: !self.no_probe,
             targets: self.targets,
             label: self.label.unwrap_or_else(client::default_label),
         })
@@ -427,6 +480,13 @@ fn parse_buffers(s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(n) if n.is_power_of_two() && n <= 32_768 => Ok(n),
         _ => Err(format!("'{s}' must be a power of two from 1 to 32768")),
+    }
+}
+
+fn parse_secs_or_zero(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' must be a number of seconds from 0 to 86400")),
     }
 }
 

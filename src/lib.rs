@@ -14,6 +14,7 @@ pub mod client;
 pub mod env;
 pub mod files;
 pub mod matrix;
+pub mod probe;
 pub mod report;
 pub mod results;
 pub mod server_proc;

@@ -19,7 +19,8 @@ pub struct ThreadRow {
     pub requests: u64,
     /// Bytes echoed back and verified.
     pub bytes: u64,
-    /// From the start gate to the thread's last reply (the seed's "Total Duration").
+    /// From the start gate to the thread's last reply (the seed's "Total Duration" when
+    /// it ran one round).
     pub total_duration_s: f64,
     /// Mean round-trip time of its requests (the seed's "Avg Response").
     pub avg_response_s: f64,
@@ -30,6 +31,20 @@ pub struct ThreadRow {
     pub errors: u64,
     /// The first error's text; empty if none.
     pub error: String,
+    /// Rounds of `requests_per_connection` it ran (more than one with `--min-run-s`).
+    #[serde(default = "one")]
+    pub rounds: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl ThreadRow {
+    /// Time for one round of its requests: the seed's Total Duration.
+    pub fn round_duration_s(&self) -> f64 {
+        self.total_duration_s / self.rounds.max(1) as f64
+    }
 }
 
 /// The run as a whole: printed on stdout and written with `--json`.
@@ -40,7 +55,15 @@ pub struct ClientSummary {
     pub connections: usize,
     pub connections_ok: usize,
     pub connections_failed: usize,
+    /// Requests per connection and round.
     pub requests_per_connection: u64,
+    /// With `--min-run-s`: each connection repeats its requests in rounds until the run
+    /// has lasted this long (0: one round, the seed's workload).
+    #[serde(default)]
+    pub min_run_s: f64,
+    /// Requests the connections were to complete: their rounds × requests per round.
+    #[serde(default)]
+    pub requests_expected: u64,
     pub size_bytes: usize,
     /// Requests completed and verified, over all connections.
     pub requests: u64,
@@ -56,7 +79,7 @@ pub struct ClientSummary {
     pub latency_p99_us: f64,
     pub latency_p999_us: f64,
     pub latency_max_us: f64,
-    /// The seed's AvgTotalDuration: the mean of the threads' total durations.
+    /// The seed's AvgTotalDuration: the mean over connections of the time for one round.
     pub avg_total_duration_s: f64,
     /// The seed's AvgResponseTime: the mean of the threads' mean round trips.
     pub avg_response_time_s: f64,

@@ -24,6 +24,7 @@ fn row(thread: usize, label: &str, requests: u64, total_s: f64, avg_s: f64, erro
         max_response_s: avg_s * 3.0,
         errors,
         error: if errors > 0 { "request 3: read: timed out after 10.0 s".into() } else { String::new() },
+        rounds: 1,
     }
 }
 
@@ -42,6 +43,8 @@ fn write_client(raw: &Path, stem: &str, label: &str, rows: &[ThreadRow], through
         connections_ok: rows.len(),
         connections_failed: 0,
         requests_per_connection: 10,
+        min_run_s: 0.0,
+        requests_expected: rows.len() as u64 * 10,
         size_bytes: 64,
         requests,
         bytes: requests * 64,
@@ -161,7 +164,7 @@ fn png_size(path: &Path) -> (u32, u32) {
 fn hand_made_raw_dir_gives_the_expected_overall_csv() {
     let dir = tempfile::tempdir().unwrap();
     hand_made_sweep(dir.path());
-    let points = report::build(dir.path(), &[]).unwrap().points;
+    let points = report::build(dir.path(), &[], None).unwrap().points;
     assert_eq!(points.len(), 2);
     let rows = read_overall(dir.path());
     assert_eq!(rows.len(), 2);
@@ -192,7 +195,7 @@ fn hand_made_raw_dir_gives_the_expected_overall_csv() {
 fn charts_decode_as_png_of_the_right_size_and_come_back_after_deletion() {
     let dir = tempfile::tempdir().unwrap();
     hand_made_sweep(dir.path());
-    report::build(dir.path(), &[]).unwrap();
+    report::build(dir.path(), &[], None).unwrap();
     let plots = dir.path().join("plots");
     let charted: Vec<_> = METRICS.iter().filter_map(|m| m.chart.as_ref()).collect();
     for c in &charted {
@@ -201,10 +204,26 @@ fn charts_decode_as_png_of_the_right_size_and_come_back_after_deletion() {
     for name in ["avg_total_duration.png", "avg_response_time.png"] {
         assert!(plots.join(name).exists(), "the seed's two charts: {name}");
     }
+    let ratios = METRICS.iter().filter(|m| m.ratio_chart).count();
+    for c in METRICS.iter().filter(|m| m.ratio_chart).filter_map(|m| m.chart.as_ref()) {
+        assert_eq!(png_size(&plots.join(format!("ratio_{}.png", c.file))), (charts::WIDTH_PX, charts::HEIGHT_PX));
+    }
     std::fs::remove_dir_all(&plots).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ringbench")).arg("report").arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_dir(&plots).unwrap().count(), charted.len());
+    let files: Vec<String> =
+        std::fs::read_dir(&plots).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let pngs: Vec<&String> = files.iter().filter(|f| f.ends_with(".png")).collect();
+    assert_eq!(pngs.len(), charted.len() + ratios, "{files:?}");
+    for png in pngs {
+        let svg = png.replace(".png", ".svg");
+        let text = std::fs::read_to_string(plots.join(&svg)).unwrap_or_else(|_| panic!("no {svg} beside {png}"));
+        assert!(
+            text.starts_with("<svg") && text.contains("DejaVu Sans") && text.trim_end().ends_with("</svg>"),
+            "{svg}"
+        );
+    }
+    assert!(files.contains(&"DejaVuSans.ttf".to_string()), "the SVGs' font is beside them");
     assert_eq!(png_size(&plots.join("throughput.png")), (charts::WIDTH_PX, charts::HEIGHT_PX));
 }
 
@@ -217,7 +236,7 @@ fn client_files_from_two_hosts_merge_into_one_point() {
     write_client(&raw, "epoll_c2_s64_r1", "a", &[row(0, "a", 10, 1.0, 0.0001, 0)], 10.0, &[100_000; 10]);
     write_client(&raw, "epoll_c2_s64_r1", "b", &[row(1, "b", 10, 3.0, 0.0003, 0)], 30.0, &[300_000; 10]);
     write_server(&raw, "epoll_c2_s64_r1", "epoll", 2, 0.002, 40, 2);
-    let points = report::build(dir.path(), &[]).unwrap().points;
+    let points = report::build(dir.path(), &[], None).unwrap().points;
     assert_eq!(points.len(), 1);
     let p = &points[0];
     assert!(p.ok, "{:?}", p.problems);
@@ -261,6 +280,19 @@ fn matrix_runs_both_backends_and_writes_every_output() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("env.json")).unwrap()).unwrap();
     assert!(env["kernel"].as_str().is_some_and(|k| !k.is_empty()));
     assert!(env["settings"]["connections"].as_array().is_some_and(|c| c.len() == 2));
+    // Enough to compare two machines: the mitigations, the build, and the probe's costs.
+    assert!(env["vulnerabilities"].as_object().is_some_and(|v| !v.is_empty()), "{}", env["vulnerabilities"]);
+    for k in ["mitigations", "hypervisor", "kernel_cmdline"] {
+        assert!(env[k].as_str().is_some_and(|v| !v.is_empty()), "{k}");
+    }
+    assert!(env["build"]["commit"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(env["build"]["rustc"].as_str().is_some_and(|c| c.starts_with("rustc")), "{}", env["build"]);
+    assert!(env["sysctls"]["net.core.somaxconn"].as_str().is_some_and(|c| !c.is_empty()));
+    let costs = env["probe"]["costs"].as_array().expect("the probe ran before the sweep");
+    let syscall = costs.iter().find(|c| c["name"] == "null_syscall").unwrap();
+    assert!(syscall["median_ns"].as_f64().is_some_and(|ns| ns > 10.0 && ns < 100_000.0), "{syscall}");
+    let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+    assert!(md.contains("null syscall") && md.contains("## Why"), "{md}");
 }
 
 /// The server's CPU is sampled between the client's start and end marks; with hundreds of
@@ -270,7 +302,18 @@ fn matrix_runs_both_backends_and_writes_every_output() {
 fn cpu_is_sampled_over_the_whole_measured_phase() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ringbench"))
-        .args(["matrix", "--connections", "2000", "--requests", "20", "--repeats", "1", "--backends", "epoll"])
+        .args([
+            "matrix",
+            "--connections",
+            "2000",
+            "--requests",
+            "20",
+            "--repeats",
+            "1",
+            "--backends",
+            "epoll",
+            "--no-probe",
+        ])
         .arg("--out")
         .arg(dir.path())
         .output()
@@ -311,7 +354,19 @@ fn a_sweep_whose_disk_fills_up_names_the_file_and_leaves_nothing_half_written() 
     let Some(fs) = common::TinyFs::mount(48) else { return };
     let out_dir = fs.path().join("out");
     let out = Command::new(env!("CARGO_BIN_EXE_ringbench"))
-        .args(["matrix", "--connections", "3", "--requests", "2", "--repeats", "1", "--backends", "epoll", "--out"])
+        .args([
+            "matrix",
+            "--connections",
+            "3",
+            "--requests",
+            "2",
+            "--repeats",
+            "1",
+            "--backends",
+            "epoll",
+            "--no-probe",
+            "--out",
+        ])
         .arg(&out_dir)
         .output()
         .unwrap();

@@ -52,7 +52,7 @@ fn a_sweep_measures_external_servers_and_fails_faulty_ones_with_their_reason() {
     let bin = env!("CARGO_BIN_EXE_ringbench");
     let out = Command::new(bin)
         .args(["matrix", "--connections", "4", "--requests", "5", "--repeats", "1", "--backends", "epoll"])
-        .args(["--ready-timeout", "2", "--timeout", "3"])
+        .args(["--ready-timeout", "2", "--timeout", "3", "--no-probe"])
         .arg("--target")
         .arg(format!("other={bin} server --backend threads --bind 127.0.0.1:{{port}}"))
         .args(["--target", &faulty("never"), "--target", &faulty("exit"), "--target", &faulty("wrong")])

@@ -43,7 +43,7 @@ impl Variant {
         while !rest.is_empty() {
             let s = SWITCHES
                 .iter()
-                .filter(|s| s.backend.map_or(true, |b| b == backend.name))
+                .filter(|s| s.backend.is_none_or(|b| b == backend.name))
                 .find(|s| rest == s.name || rest.starts_with(&format!("{}-", s.name)))
                 .ok_or_else(|| format!("unknown switch '{rest}' in backend '{name}' ({})", unknown()))?;
             switches.push(s);
@@ -73,7 +73,7 @@ impl Variant {
             v.push(b.name.to_string());
         }
         for b in BACKENDS {
-            for s in SWITCHES.iter().filter(|s| s.backend.map_or(true, |x| x == b.name)) {
+            for s in SWITCHES.iter().filter(|s| s.backend.is_none_or(|x| x == b.name)) {
                 v.push(format!("{}-{}", b.name, s.name));
             }
         }

@@ -133,45 +133,67 @@ fn connection_thread(cfg: &ClientConfig, thread: usize, source: Option<IpAddr>, 
             return o;
         }
     };
-    let (latencies_ns, error) = requests(cfg, thread, stream);
+    let (latencies_ns, rounds, error) = requests(cfg, thread, stream, t0);
     let total_duration_s = t0.elapsed().as_secs_f64();
-    ConnOutcome {
-        row: row(cfg, thread, &latencies_ns, total_duration_s, error),
-        latencies_ns,
-        connect_s,
-        connected: true,
-    }
+    let mut row = row(cfg, thread, &latencies_ns, total_duration_s, error);
+    row.rounds = rounds;
+    ConnOutcome { row, latencies_ns, connect_s, connected: true }
 }
 
-/// Sends every request and verifies its echo; returns the round trips and the first error.
-fn requests(cfg: &ClientConfig, thread: usize, mut stream: TcpStream) -> (Vec<u64>, String) {
+/// Sends every request and verifies its echo, round after round until `--min-run-s` has
+/// passed since `t0` (one round without it); returns the round trips, the rounds begun,
+/// and the first error.
+fn requests(cfg: &ClientConfig, thread: usize, mut stream: TcpStream, t0: Instant) -> (Vec<u64>, u64, String) {
     let mut latencies_ns = Vec::with_capacity(cfg.requests as usize);
     let mut sent = vec![0u8; cfg.size];
     let mut got = vec![0u8; cfg.size];
     let duplex = cfg.size > DUPLEX_ABOVE_BYTES;
     if duplex {
         if let Err(e) = stream.set_nonblocking(true) {
-            return (latencies_ns, format!("setting non-blocking mode: {e}"));
+            return (latencies_ns, 1, format!("setting non-blocking mode: {e}"));
         }
     }
-    for r in 0..cfg.requests {
-        fill_payload(&mut sent, thread, r);
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        if let Err(e) = round(cfg, thread, &mut stream, rounds, &mut latencies_ns, (&mut sent, &mut got)) {
+            return (latencies_ns, rounds, e);
+        }
+        if cfg.min_run.is_none_or(|d| t0.elapsed() >= d) {
+            return (latencies_ns, rounds, String::new());
+        }
+    }
+}
+
+/// One round of `--requests` requests; request numbers go on across rounds, so every
+/// payload stays unique.
+fn round(
+    cfg: &ClientConfig,
+    thread: usize,
+    stream: &mut TcpStream,
+    round: u64,
+    latencies_ns: &mut Vec<u64>,
+    (sent, got): (&mut [u8], &mut [u8]),
+) -> Result<(), String> {
+    let duplex = cfg.size > DUPLEX_ABOVE_BYTES;
+    for r in (round - 1) * cfg.requests..round * cfg.requests {
+        fill_payload(sent, thread, r);
         let t = Instant::now();
         let res = if duplex {
-            exchange_duplex(&stream, &sent, &mut got, cfg.timeout)
+            exchange_duplex(stream, sent, got, cfg.timeout)
         } else {
-            exchange_blocking(&mut stream, &sent, &mut got, cfg.timeout)
+            exchange_blocking(stream, sent, got, cfg.timeout)
         };
         let elapsed_ns = t.elapsed().as_nanos() as u64;
         if let Err(e) = res {
-            return (latencies_ns, format!("request {r}: {e}"));
+            return Err(format!("request {r}: {e}"));
         }
-        if let Some(at) = first_difference(&sent, &got) {
-            return (latencies_ns, mismatch(r, &sent, &got, at));
+        if let Some(at) = first_difference(sent, got) {
+            return Err(mismatch(r, sent, got, at));
         }
         latencies_ns.push(elapsed_ns);
     }
-    (latencies_ns, String::new())
+    Ok(())
 }
 
 /// One connection's CSV row from its round trips.
@@ -193,6 +215,7 @@ pub fn row(cfg: &ClientConfig, thread: usize, latencies_ns: &[u64], total_durati
         max_response_s: secs(sorted.last().copied().unwrap_or(0)),
         errors: u64::from(!error.is_empty()),
         error,
+        rounds: 1,
     }
 }
 

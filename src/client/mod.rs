@@ -52,6 +52,9 @@ pub struct ClientConfig {
     pub first_thread: usize,
     /// Child processes to spread the connections over (each has its own fd limit).
     pub processes: usize,
+    /// Repeat each connection's requests in rounds until the measured phase has lasted
+    /// this long (`None`: one round).
+    pub min_run: Option<Duration>,
     /// Where to say when the measured phase starts and ends.
     pub phases: Phases,
 }
@@ -110,6 +113,7 @@ impl ClientConfig {
             source_ips: Vec::new(),
             first_thread: 0,
             processes: 1,
+            min_run: None,
             phases: Phases::default(),
         }
     }
@@ -139,8 +143,7 @@ pub struct ClientReport {
 impl ClientReport {
     /// Whether every connection completed every request.
     pub fn ok(&self) -> bool {
-        self.summary.errors == 0
-            && self.summary.requests == self.summary.connections as u64 * self.summary.requests_per_connection
+        self.summary.errors == 0 && self.summary.requests == self.summary.requests_expected
     }
 }
 
@@ -261,6 +264,7 @@ impl ConnOutcome {
                 max_response_s: 0.0,
                 errors: 1,
                 error,
+                rounds: 1,
             },
             latencies_ns: Vec::new(),
             connect_s: 0.0,
@@ -344,6 +348,9 @@ fn report(
         connections_ok: c.ok,
         connections_failed: cfg.connections.saturating_sub(c.ok),
         requests_per_connection: cfg.requests,
+        min_run_s: cfg.min_run.map_or(0.0, |d| d.as_secs_f64()),
+        requests_expected: rows.iter().map(|r| r.rounds.max(1) * cfg.requests).sum::<u64>()
+            + cfg.connections.saturating_sub(rows.len()) as u64 * cfg.requests,
         size_bytes: cfg.size,
         requests,
         bytes: rows.iter().map(|r| r.bytes).sum(),
@@ -356,7 +363,7 @@ fn report(
         latency_p99_us: us(hist.value_at_quantile(0.99)),
         latency_p999_us: us(hist.value_at_quantile(0.999)),
         latency_max_us: us(hist.max()),
-        avg_total_duration_s: rows.iter().map(|r| r.total_duration_s).sum::<f64>() / n,
+        avg_total_duration_s: rows.iter().map(|r| r.round_duration_s()).sum::<f64>() / n,
         avg_response_time_s: rows.iter().map(|r| r.avg_response_s).sum::<f64>() / n,
         connect_mean_s: if c.ok > 0 { c.sum_s / c.ok as f64 } else { 0.0 },
         connect_max_s: c.max_s,

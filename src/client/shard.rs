@@ -46,6 +46,9 @@ pub fn shard_args(cfg: &ClientConfig, connections: usize, first: usize) -> Vec<S
         let ips: Vec<String> = cfg.source_ips.iter().map(|ip| ip.to_string()).collect();
         a.extend(["--source-ips".into(), ips.join(",")]);
     }
+    if let Some(d) = cfg.min_run {
+        a.extend(["--min-run-s".into(), d.as_secs_f64().to_string()]);
+    }
     a
 }
 

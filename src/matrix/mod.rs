@@ -52,13 +52,26 @@ pub struct MatrixConfig {
     pub server_args: Vec<String>,
     /// Extra `ringbench client` arguments for every run.
     pub client_args: Vec<String>,
+    /// Each run repeats its workload until it lasts this long (0: one round).
+    pub min_run_s: f64,
+    /// The server every other is compared with (`None`: epoll, else the first).
+    pub baseline: Option<String>,
+    /// Run `ringbench probe` first and keep its figures in env.json.
+    pub probe: bool,
     pub label: String,
 }
 
 impl MatrixConfig {
-    /// Every server's name, in the order points show them (the first is the baseline).
+    /// Every server's name, in the order points show them, the baseline first.
     pub fn order(&self) -> Vec<String> {
-        self.backends.iter().cloned().chain(self.targets.iter().map(|t| t.name.clone())).collect()
+        let mut all: Vec<String> =
+            self.backends.iter().cloned().chain(self.targets.iter().map(|t| t.name.clone())).collect();
+        let base = self.baseline.clone().or_else(|| all.iter().find(|n| *n == "epoll").cloned());
+        if let Some(i) = base.and_then(|b| all.iter().position(|n| *n == b)) {
+            let b = all.remove(i);
+            all.insert(0, b);
+        }
+        all
     }
 }
 
@@ -156,7 +169,22 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
         Ok(()) => "perf stat -e raw_syscalls:sys_enter, in a run of its own".to_string(),
         Err(why) => format!("n/a ({why})"),
     });
-    let env = crate::env::collect(describe_pinning(cfg), settings);
+    let probe = if cfg.probe {
+        eprintln!("ringbench matrix: probing this machine's costs (a few seconds)");
+        match crate::probe::run(cfg.server_cpus.first().copied(), cfg.client_cpus.first().copied()) {
+            Ok((p, skipped)) => {
+                skipped.iter().for_each(|s| eprintln!("ringbench matrix: {s}"));
+                Some(p)
+            }
+            Err(e) => {
+                eprintln!("ringbench matrix: probe failed, env.json has no probe figures: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let env = crate::env::collect(describe_pinning(cfg), settings, probe);
     crate::files::write_json(&cfg.out.join("env.json"), &env)?;
     let uring = contenders.iter().any(|c| matches!(c, Contender::Backend(v) if v.backend.name == "uring"));
     if let (true, Some(why)) = (uring, env.io_uring_features.get("unavailable")) {
@@ -184,7 +212,8 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     let ctx = run::Ctx { exe: &exe, cfg, raw: &raw, interrupted: &interrupted };
     let stopped_early = run_plan(&ctx, &plan);
     eprintln!("ringbench matrix: runs took {:.0} s; building the report", t0.elapsed().as_secs_f64());
-    let built = report::build(&cfg.out, &cfg.order())?;
+    let order = cfg.order();
+    let built = report::build(&cfg.out, &order, order.first().map(String::as_str))?;
     if let Some(why) = &built.charts_failed {
         eprintln!("ringbench matrix: charts not drawn: {why}");
     }

@@ -134,6 +134,9 @@ pub fn one(ctx: &Ctx<'_>, p: &Planned) -> anyhow::Result<Outcome> {
         "--phase-fd".into(),
         PHASE_FD.to_string(),
     ];
+    if cfg.min_run_s > 0.0 {
+        args.extend(["--min-run-s".into(), cfg.min_run_s.to_string()]);
+    }
     args.extend(cfg.client_args.iter().cloned());
     let (marks, phase_write) = sys::pipe()?;
     let mut client =

@@ -48,6 +48,8 @@ pub struct Metric {
     /// Its `summary.md` column: header and decimals.
     pub table: Option<(&'static str, usize)>,
     pub chart: Option<ChartSpec>,
+    /// Also drawn as a chart of each server's ratio to the baseline, with its interval.
+    pub ratio_chart: bool,
     /// Also taken from the runs that count syscalls with perf (external targets), which
     /// give nothing else: tracing costs CPU per syscall and would bias the rest.
     pub syscall_run: bool,
@@ -70,8 +72,14 @@ pub struct RunView<'a> {
 }
 
 impl RunView<'_> {
-    fn mean_of_rows(&self, f: fn(&ThreadRow) -> f64) -> Option<f64> {
-        (!self.rows.is_empty()).then(|| self.rows.iter().map(|r| f(r)).sum::<f64>() / self.rows.len() as f64)
+    /// The mean over every connection of `f`; without per-connection rows (a run kept
+    /// as summaries only), the hosts' own means, weighted by their connections.
+    fn mean_of_rows(&self, f: fn(&ThreadRow) -> f64, per_host: fn(&ClientSummary) -> f64) -> Option<f64> {
+        if !self.rows.is_empty() {
+            return Some(self.rows.iter().map(|r| f(r)).sum::<f64>() / self.rows.len() as f64);
+        }
+        let n: usize = self.summaries.iter().map(|s| s.connections).sum();
+        (n > 0).then(|| self.summaries.iter().map(|s| per_host(s) * s.connections as f64).sum::<f64>() / n as f64)
     }
 
     /// A latency percentile in µs from the merged histogram, or — without one — the worst
@@ -116,8 +124,9 @@ pub const METRICS: &[Metric] = &[
         headline: true,
         table: Some(("AvgTotalDuration s", 4)),
         chart: Some(ChartSpec { file: "avg_total_duration", axis: "seconds (mean over connections)", scale: 1.0 }),
+        ratio_chart: false,
         syscall_run: false,
-        of: |r| r.mean_of_rows(|t| t.total_duration_s),
+        of: |r| r.mean_of_rows(|t| t.round_duration_s(), |s| s.avg_total_duration_s),
     },
     Metric {
         key: "avg_response_time_s",
@@ -132,8 +141,9 @@ pub const METRICS: &[Metric] = &[
             axis: "milliseconds per round trip (closed-loop)",
             scale: 1e3,
         }),
+        ratio_chart: false,
         syscall_run: false,
-        of: |r| r.mean_of_rows(|t| t.avg_response_s),
+        of: |r| r.mean_of_rows(|t| t.avg_response_s, |s| s.avg_response_time_s),
     },
     Metric {
         key: "throughput_rps",
@@ -144,6 +154,7 @@ pub const METRICS: &[Metric] = &[
         headline: true,
         table: Some(("req/s", 0)),
         chart: Some(ChartSpec { file: "throughput", axis: "verified requests per second", scale: 1.0 }),
+        ratio_chart: true,
         syscall_run: false,
         of: |r| (!r.summaries.is_empty()).then(|| r.summaries.iter().map(|s| s.throughput_rps).sum()),
     },
@@ -156,6 +167,7 @@ pub const METRICS: &[Metric] = &[
         headline: true,
         table: Some(("p50 µs", 0)),
         chart: None,
+        ratio_chart: false,
         syscall_run: false,
         of: |r| r.latency_us(0.50, |s| s.latency_p50_us),
     },
@@ -168,6 +180,7 @@ pub const METRICS: &[Metric] = &[
         headline: true,
         table: Some(("p99 µs", 0)),
         chart: Some(ChartSpec { file: "p99_latency", axis: "milliseconds (closed-loop)", scale: 1e-3 }),
+        ratio_chart: false,
         syscall_run: false,
         of: |r| r.latency_us(0.99, |s| s.latency_p99_us),
     },
@@ -180,6 +193,7 @@ pub const METRICS: &[Metric] = &[
         headline: true,
         table: Some(("CPU µs/req", 2)),
         chart: Some(ChartSpec { file: "cpu_per_request", axis: "µs of CPU (user + sys) per request", scale: 1.0 }),
+        ratio_chart: true,
         syscall_run: false,
         of: |r| r.per_request(r.server_cpu_s().map(|s| s * 1e6)),
     },
@@ -196,6 +210,7 @@ pub const METRICS: &[Metric] = &[
             axis: "syscalls per request (server's own count)",
             scale: 1.0,
         }),
+        ratio_chart: false,
         syscall_run: true,
         of: |r| r.per_request(r.server_syscalls()),
     },
@@ -208,6 +223,7 @@ pub const METRICS: &[Metric] = &[
         headline: false,
         table: None,
         chart: None,
+        ratio_chart: false,
         syscall_run: false,
         // A cross-check of the sampled figure: from the end of set-up to the end of the
         // stop, so it includes accepting and closing; ringbench's backends only.

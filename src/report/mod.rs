@@ -6,7 +6,8 @@
 //! The figures shown are the entries of one table, [`metrics::METRICS`].
 //!
 //! [`load`] reads runs · [`points`] computes each run's figures and each point's spread ·
-//! [`export`] writes the tables · [`charts`] draws · [`context`] names the machine.
+//! [`stats`] says how sure a comparison is · [`export`] writes the tables · [`summary`]
+//! writes summary.md · [`charts`] draws · [`context`] names the machine.
 
 pub mod charts;
 pub mod context;
@@ -14,6 +15,8 @@ pub mod export;
 pub mod load;
 pub mod metrics;
 pub mod points;
+pub mod stats;
+pub mod summary;
 
 use std::path::Path;
 
@@ -27,31 +30,32 @@ pub struct Built {
 }
 
 /// Rebuilds `overall.csv`, `overall.json`, `summary.md` and `plots/` in `dir` from
-/// `dir/raw`; `order` gives the backend order, the first being the baseline (empty:
-/// epoll first, then alphabetical).
-pub fn build(dir: &Path, order: &[String]) -> anyhow::Result<Built> {
+/// `dir/raw`. `order` gives the server order (empty: as the sweep recorded it in
+/// env.json, else epoll first, then alphabetical); `baseline` the server every other is
+/// compared with (`None`: as the sweep chose, else epoll, else the first). The baseline
+/// comes first.
+pub fn build(dir: &Path, order: &[String], baseline: Option<&str>) -> anyhow::Result<Built> {
     let runs = load::load_runs(&dir.join("raw"))?;
     anyhow::ensure!(
         !runs.is_empty(),
         "no runs in '{}' (expected files like epoll_c100_s64_r1.client-HOST.csv)",
         dir.join("raw").display()
     );
-    let mut order = order.to_vec();
-    if order.is_empty() {
-        let mut names: Vec<String> = runs.keys().map(|k| k.backend.clone()).collect();
-        names.sort_by_key(|n| (n != "epoll", n.clone()));
-        names.dedup();
-        order = names;
-    }
+    let env = context::read_env(dir);
+    let present: Vec<String> = {
+        let mut n: Vec<String> = runs.keys().map(|k| k.backend.clone()).collect();
+        n.dedup();
+        n
+    };
+    let order = context::order(&env, order, baseline, &present)?;
     let pts = points::points(&runs, &order);
     // Data first: a chart that fails to render loses nothing.
-    export::write_overall_csv(&dir.join("overall.csv"), &pts)?;
-    export::write_overall_json(&dir.join("overall.json"), &pts)?;
-    let env = context::read_env(dir);
+    export::write_overall_csv(&dir.join("overall.csv"), &pts, &order[0])?;
+    export::write_overall_json(&dir.join("overall.json"), &pts, &order[0])?;
     let (charts, charts_failed) = match charts::draw_all(&dir.join("plots"), &pts, &order, &context::caption(&env)) {
         Ok(c) => (c, None),
         Err(e) => (Vec::new(), Some(format!("{e:#}"))),
     };
-    export::write_summary_md(&dir.join("summary.md"), &pts, &order, &charts, &env)?;
+    summary::write_summary_md(&dir.join("summary.md"), &pts, &order, &charts, &env)?;
     Ok(Built { points: pts, charts_failed })
 }

@@ -16,6 +16,8 @@ pub struct RunFigures {
     pub connections: usize,
     pub requests_per_connection: u64,
     pub requests: u64,
+    /// Requests the connections were to complete (their rounds × requests per round).
+    pub expected: u64,
     pub errors: u64,
     /// One value per entry of [`METRICS`]; `None` is n/a.
     pub values: Vec<Option<f64>>,
@@ -38,7 +40,12 @@ fn merged_latency(summaries: &[&ClientSummary]) -> Option<Histogram<u64>> {
 pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
     let rows: Vec<&ThreadRow> = run.clients.iter().flat_map(|c| c.rows.iter()).collect();
     let summaries: Vec<&ClientSummary> = run.clients.iter().filter_map(|c| c.summary.as_ref()).collect();
-    let requests = rows.iter().map(|r| r.requests).sum();
+    // Without per-connection rows (a run kept as summaries only), the hosts' own counts.
+    let (requests, errors) = if rows.is_empty() {
+        (summaries.iter().map(|s| s.requests).sum(), summaries.iter().map(|s| s.errors).sum())
+    } else {
+        (rows.iter().map(|r| r.requests).sum(), rows.iter().map(|r| r.errors).sum())
+    };
     let view = RunView {
         latency: merged_latency(&summaries),
         rows,
@@ -55,13 +62,20 @@ pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
         },
         requests_per_connection: view.summaries.first().map_or(0, |s| s.requests_per_connection),
         requests,
-        errors: view.rows.iter().map(|r| r.errors).sum(),
+        expected: 0,
+        errors,
         // A syscall run gives syscalls only: tracing biases everything else it measures.
         values: METRICS
             .iter()
             .map(|m| if key.pass == Pass::Syscalls && !m.syscall_run { None } else { (m.of)(&view) })
             .collect(),
         ..RunFigures::default()
+    };
+    // Older client summaries do not say; their runs were one round.
+    f.expected = if view.summaries.iter().all(|s| s.requests_expected > 0) && !view.summaries.is_empty() {
+        view.summaries.iter().map(|s| s.requests_expected).sum()
+    } else {
+        f.connections as u64 * f.requests_per_connection
     };
     f.problems = problems(key, run, &f);
     f.ok = f.problems.is_empty();
@@ -80,10 +94,10 @@ fn problems(key: &RunKey, run: &Run, f: &RunFigures) -> Vec<String> {
     let external = run.proc.as_ref().is_some_and(|r| r.kind == "target");
     match &run.server {
         Some(s) => {
-            if let Some(logged) = run.server_log_rows {
-                if logged as u64 != s.connections + s.rejected {
-                    p.push(format!("server log has {logged} rows for {} connections", s.connections + s.rejected));
-                }
+            // The rows in the log file; kept as summaries only, the server's own count.
+            let logged = run.server_log_rows.map_or(s.log_rows, |n| n as u64);
+            if logged != s.connections + s.rejected {
+                p.push(format!("server log has {logged} rows for {} connections", s.connections + s.rejected));
             }
             if s.log_rows_lost > 0 {
                 p.push(format!("server could not write {} log rows", s.log_rows_lost));
@@ -100,9 +114,8 @@ fn problems(key: &RunKey, run: &Run, f: &RunFigures) -> Vec<String> {
         let why = first.map_or(String::new(), |r| format!(" (first: {})", r.error));
         p.push(format!("{} client errors{why}", f.errors));
     }
-    let expected = f.connections as u64 * f.requests_per_connection;
-    if f.requests != expected {
-        p.push(format!("{} of {expected} requests verified", f.requests));
+    if f.requests != f.expected {
+        p.push(format!("{} of {} requests verified", f.requests, f.expected));
     }
     if f.connections != key.connections {
         p.push(format!("{} connections reported for a {}-connection point", f.connections, key.connections));

@@ -1,0 +1,211 @@
+//! `summary.md`: the answer at every point with how sure it is, why (with the probe's
+//! costs of this machine), the machine, the full table, and the charts.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::charts::Chart;
+use super::context::{caption, costs_line, probe_ns};
+use super::export::ratio;
+use super::metrics::{metric, Metric, METRICS};
+use super::points::{sizes, Point};
+use crate::files;
+
+/// How every ratio in the summary is computed, said once.
+const HOW_TO_READ: &str = "Each cell is the server's figure divided by the baseline's at the same point: the \
+    geometric mean of the ratios of paired repeats (servers alternate within each repeat), with a 95 % \
+    confidence interval from a Student t-interval on the logarithms of those ratios. **≈** marks an \
+    interval that holds 1: no significant difference at that point.";
+
+pub fn write_summary_md(
+    path: &Path,
+    points: &[Point],
+    order: &[String],
+    charts: &[Chart],
+    env: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut md = String::new();
+    let _ = writeln!(md, "# ringbench: {}\n", order.join(" vs "));
+    let _ = writeln!(md, "_{}_\n", caption(env));
+    if let Some(line) = costs_line(env) {
+        let _ = writeln!(md, "_{line}_\n");
+    }
+    answer_section(&mut md, points, order);
+    why_section(&mut md, points, order, env);
+    machine_section(&mut md, env);
+    overall_section(&mut md, points);
+    let _ = writeln!(md, "\n## Charts\n");
+    for c in charts {
+        let _ = writeln!(md, "### {}\n", c.title);
+        let _ = writeln!(md, "![{}](plots/{})\n", c.title, c.file);
+        let _ = writeln!(md, "{}\n", c.note);
+    }
+    let expected = METRICS.iter().filter(|m| m.chart.is_some()).count() * sizes(points).len();
+    if charts.is_empty() {
+        let _ = writeln!(md, "(no charts: see the message printed by the run; the data above is complete)\n");
+    }
+    let drawn = charts.iter().filter(|c| !c.ratio).count();
+    let _ = writeln!(md, "Charts drawn: {drawn} of {expected}, and {} of ratios.", charts.len() - drawn);
+    files::write_whole(path, md.as_bytes())
+}
+
+/// Every point's ratios to the baseline, one table per server.
+fn answer_section(md: &mut String, points: &[Point], order: &[String]) {
+    let Some(base) = order.first() else { return };
+    if order.len() < 2 {
+        return;
+    }
+    let _ = writeln!(md, "## The answer, point by point\n");
+    let _ = writeln!(md, "{HOW_TO_READ} Lower is better for every column but req/s.\n");
+    let cols: Vec<&Metric> = METRICS.iter().filter(|m| m.chart.is_some()).collect();
+    let heads: Vec<&str> = cols.iter().map(|m| m.table.map_or(m.key, |t| t.0)).collect();
+    for server in order.iter().skip(1) {
+        let _ = writeln!(md, "### {server} ÷ {base}\n");
+        let _ = writeln!(md, "| conns | size B | {} |", heads.join(" | "));
+        let _ = writeln!(md, "|---:|---:|{}", "---|".repeat(cols.len()));
+        for p in points.iter().filter(|p| &p.backend == server) {
+            let cells: Vec<String> =
+                cols.iter().map(|m| ratio(points, p, m, base).map_or("n/a".into(), |r| r.cell())).collect();
+            let _ = writeln!(md, "| {} | {} | {} |", p.connections, p.size_bytes, cells.join(" | "));
+        }
+        let _ = writeln!(md);
+    }
+}
+
+/// How much of each server's CPU difference from the baseline its syscall count explains:
+/// syscalls saved per request × the probe's cost of a syscall, against the CPU actually
+/// saved per request.
+fn why_section(md: &mut String, points: &[Point], order: &[String], env: &serde_json::Value) {
+    let (Some(base), Some(syscall_ns)) = (order.first(), probe_ns(env, "null_syscall")) else { return };
+    let (Some(cpu), Some(sys)) = (metric("server_cpu_us_per_request"), metric("server_syscalls_per_request")) else {
+        return;
+    };
+    let _ = writeln!(md, "## Why\n");
+    let _ = writeln!(
+        md,
+        "A syscall's entry and exit cost {syscall_ns:.0} ns on this machine (`ringbench probe`, a null syscall). \
+         If the syscalls a server saves were all it saved, it would use (syscalls saved per request) × \
+         {syscall_ns:.0} ns less CPU per request than {base}; the table puts that next to the CPU it \
+         actually saved. What the syscall count does not explain is elsewhere: the TCP stack both pay, \
+         wake-ups across CPUs, io_uring's own completion work, or another design (threads, an async \
+         runtime).\n"
+    );
+    for server in order.iter().skip(1) {
+        let rows: Vec<String> = points
+            .iter()
+            .filter(|p| &p.backend == server)
+            .filter_map(|p| {
+                let b = super::export::baseline_of(points, p, base)?;
+                let saved_sys = b.get(sys)?.mean - p.get(sys)?.mean;
+                let saved_cpu_us = b.get(cpu)?.mean - p.get(cpu)?.mean;
+                let predicted_us = saved_sys * syscall_ns / 1e3;
+                let share = if saved_cpu_us.abs() > 1e-9 {
+                    format!("{:.0} %", 100.0 * predicted_us / saved_cpu_us)
+                } else {
+                    "—".into()
+                };
+                Some(format!(
+                    "| {} | {saved_sys:.3} | {predicted_us:.2} | {saved_cpu_us:.2} | {share} |",
+                    p.connections
+                ))
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(md, "### {server} against {base}\n");
+        let _ = writeln!(
+            md,
+            "| conns | syscalls saved per request | × {syscall_ns:.0} ns = µs predicted | CPU µs saved per request (measured) | explained by syscalls |"
+        );
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|");
+        for r in rows {
+            let _ = writeln!(md, "{r}");
+        }
+        let _ = writeln!(md);
+    }
+}
+
+fn machine_section(md: &mut String, env: &serde_json::Value) {
+    if env.is_null() {
+        return;
+    }
+    let s = |k: &str| env.get(k).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
+    let _ = writeln!(md, "## Machine and settings\n");
+    let _ = writeln!(md, "| | |\n|---|---|");
+    for k in [
+        "kernel",
+        "cpu_model",
+        "hypervisor",
+        "mitigations",
+        "cpus",
+        "smt",
+        "frequency_governor",
+        "nofile_soft",
+        "nofile_hard",
+        "git_commit",
+        "build_profile",
+        "pinning",
+        "started_utc",
+    ] {
+        if env.get(k).is_some() {
+            let _ = writeln!(md, "| {k} | {} |", s(k));
+        }
+    }
+    if let Some(f) = env.get("io_uring_features").and_then(|f| f.as_object()) {
+        let feats: Vec<String> = f.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+        let _ = writeln!(md, "| io_uring features | {} |", feats.join(", "));
+    }
+    if let Some(costs) = env.pointer("/probe/costs").and_then(|c| c.as_array()) {
+        let line: Vec<String> = costs
+            .iter()
+            .map(|c| format!("{} {:.0} ns", c["name"].as_str().unwrap_or("?"), c["median_ns"].as_f64().unwrap_or(0.0)))
+            .collect();
+        let _ = writeln!(md, "| probe (median) | {} |", line.join(", "));
+    }
+    if let Some(st) = env.get("settings") {
+        let _ = writeln!(md, "| settings | `{st}` |");
+    }
+    let _ = writeln!(md);
+}
+
+fn overall_section(md: &mut String, points: &[Point]) {
+    let _ = writeln!(md, "## Overall\n");
+    let _ = writeln!(
+        md,
+        "Latency is closed-loop: each connection has one request in flight, and every echoed byte is verified.\n\
+         CPU is the server process's, sampled over the measured phase; syscalls are the server's own count \
+         (perf's for external servers), per verified request. Each figure is the mean ± standard deviation \
+         over repeats; n/a: not measured for this server.\n"
+    );
+    let cols: Vec<(&Metric, &str, usize)> = METRICS.iter().filter_map(|m| m.table.map(|(h, d)| (m, h, d))).collect();
+    let headers: Vec<&str> = cols.iter().map(|c| c.1).collect();
+    let _ = writeln!(md, "| server | conns | size B | status | {} | errors | repeats |", headers.join(" | "));
+    let _ = writeln!(md, "|---|---:|---:|---|{}---:|---:|", "---:|".repeat(cols.len()));
+    for p in points {
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|(m, _, d)| {
+                p.get(m).map_or_else(|| "n/a".to_string(), |s| format!("{:.*} ± {:.*}", *d, s.mean, *d, s.sd))
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            p.backend,
+            p.connections,
+            p.size_bytes,
+            if p.ok { "Success" } else { "Fail" },
+            cells.join(" | "),
+            p.errors,
+            p.repeats
+        );
+    }
+    let failed: Vec<&Point> = points.iter().filter(|p| !p.ok).collect();
+    if !failed.is_empty() {
+        let _ = writeln!(md, "\n### Failed points\n");
+        for p in failed {
+            let _ = writeln!(md, "- {} at {} connections: {}", p.backend, p.connections, p.problems.join("; "));
+        }
+    }
+}
