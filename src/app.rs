@@ -160,14 +160,18 @@ fn print_out(text: &str) -> anyhow::Result<()> {
 }
 
 fn run_client(o: ClientOptions) -> anyhow::Result<ExitCode> {
-    let ClientOptions { cfg, out, json, shard_child } = o;
+    let ClientOptions { cfg, out, json, spectrum, shard_child } = o;
     if shard_child {
         let ok =
             shard::serve_as_shard(&cfg, std::io::stdin().lock(), std::io::stdout().lock()).map_err(client_error)?;
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
+    let spectra = spectrum.map(|p| {
+        let with = |kind: &str| std::path::PathBuf::from(format!("{}.{kind}.hgrm", p.display()));
+        [(with("corrected"), true), (with("service"), false)]
+    });
     // Fail on unwritable outputs before spending minutes on the run.
-    for p in [&out, &json].into_iter().flatten() {
+    for p in [&out, &json].into_iter().flatten().chain(spectra.iter().flatten().map(|(p, _)| p)) {
         files::check_writable(p)?;
     }
     let report = client::run(&cfg).map_err(client_error)?;
@@ -176,6 +180,14 @@ fn run_client(o: ClientOptions) -> anyhow::Result<ExitCode> {
     }
     if let Some(p) = &json {
         files::write_json(p, &report.summary)?;
+    }
+    for (path, corrected) in spectra.iter().flatten() {
+        let s = &report.summary;
+        let encoded = if *corrected { &s.corrected_histogram } else { &s.latency_histogram };
+        let h = crate::results::decode_histogram(encoded).unwrap_or_else(client::latency::run_histogram);
+        let mut text = Vec::new();
+        client::latency::write_spectrum(&h, &mut text)?;
+        files::write_whole(path, &text)?;
     }
     let mut text = report.summary.to_string();
     if let Some(first) = report.rows.iter().find(|r| r.errors > 0) {

@@ -40,6 +40,42 @@ fn one() -> u64 {
     1
 }
 
+fn threads_engine() -> String {
+    "threads".into()
+}
+
+/// A latency distribution's summary, in microseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub p9999_us: f64,
+    pub max_us: f64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+        Percentiles {
+            count: h.len(),
+            mean_us: h.mean() / 1e3,
+            p50_us: us(0.50),
+            p90_us: us(0.90),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            p9999_us: us(0.9999),
+            max_us: h.max() as f64 / 1e3,
+        }
+    }
+}
+
 impl ThreadRow {
     /// Time for one round of its requests: the seed's Total Duration.
     pub fn round_duration_s(&self) -> f64 {
@@ -86,11 +122,46 @@ pub struct ClientSummary {
     /// Time to establish the connections before the start gate.
     pub connect_mean_s: f64,
     pub connect_max_s: f64,
+    /// What the latency figures measure, in words.
     pub latency_model: String,
+    /// `threads` (a blocking thread per connection) or `epoll` (a few event loops).
+    #[serde(default = "threads_engine")]
+    pub engine: String,
+    /// Open loop: the rate asked for and the rate that left in the measured window, and
+    /// whether it held (`held`, `client-bound`, `saturated`).
+    #[serde(default)]
+    pub target_rate_rps: Option<f64>,
+    #[serde(default)]
+    pub achieved_rate_rps: Option<f64>,
+    #[serde(default)]
+    pub rate_status: Option<String>,
+    /// Open loop: the warm-up (not measured) and the measured window, in seconds.
+    #[serde(default)]
+    pub warmup_s: f64,
+    #[serde(default)]
+    pub duration_s: f64,
+    /// Round trips from the actual send; the latency_* fields above are the same.
+    #[serde(default)]
+    pub service: Percentiles,
+    /// From the intended send of an open-loop schedule (coordinated omission corrected);
+    /// the same as `service` in a closed loop.
+    #[serde(default)]
+    pub corrected: Percentiles,
+    /// Open loop: how late sends left against their schedule.
+    #[serde(default)]
+    pub send_lateness: Option<Percentiles>,
+    /// The client process's own CPU time over the measured phase (user + system).
+    #[serde(default)]
+    pub client_cpu_s: f64,
     /// Every round trip in nanoseconds as an HdrHistogram (V2 serialization, base64), so
-    /// reports can merge the latencies of several client hosts exactly.
+    /// reports can merge the latencies of several client hosts exactly: service times,
+    /// corrected times, send lateness.
     #[serde(default)]
     pub latency_histogram: String,
+    #[serde(default)]
+    pub corrected_histogram: String,
+    #[serde(default)]
+    pub lateness_histogram: String,
     /// When the measured phase began (the start gate opened) and ended (the last
     /// connection finished): UTC, microseconds since the Unix epoch.
     #[serde(default)]
@@ -149,33 +220,51 @@ pub struct RunKey {
     pub backend: String,
     pub connections: usize,
     pub size_bytes: usize,
+    /// The open-loop rate offered, requests per second (`None`: a closed loop).
+    pub rate: Option<u64>,
     pub repeat: usize,
     pub pass: Pass,
 }
 
 impl RunKey {
-    /// The file-name stem, e.g. `uring_c1000_s64_r2` (`_p1` for a syscall run).
+    /// The file-name stem, e.g. `uring_c1000_s64_r2` (`_p1` for a syscall run,
+    /// `_q20000` before it for an open loop at 20,000 req/s).
     pub fn stem(&self) -> String {
         let p = match self.pass {
             Pass::Measure => 'r',
             Pass::Syscalls => 'p',
         };
-        format!("{}_c{}_s{}_{p}{}", self.backend, self.connections, self.size_bytes, self.repeat)
+        let q = self.rate.map_or(String::new(), |r| format!("_q{r}"));
+        format!("{}_c{}_s{}{q}_{p}{}", self.backend, self.connections, self.size_bytes, self.repeat)
     }
 
     /// Parses a stem written by [`RunKey::stem`].
     pub fn parse(stem: &str) -> Option<RunKey> {
-        let mut parts = stem.rsplitn(4, '_');
-        let last = parts.next()?;
+        let (rest, last) = stem.rsplit_once('_')?;
         let (pass, repeat) = match (last.strip_prefix('r'), last.strip_prefix('p')) {
             (Some(n), _) => (Pass::Measure, n.parse().ok()?),
             (_, Some(n)) => (Pass::Syscalls, n.parse().ok()?),
             _ => return None,
         };
-        let size_bytes = parts.next()?.strip_prefix('s')?.parse().ok()?;
-        let connections = parts.next()?.strip_prefix('c')?.parse().ok()?;
-        let backend = parts.next()?.to_string();
-        (!backend.is_empty()).then_some(RunKey { backend, connections, size_bytes, repeat, pass })
+        let (rest, maybe_rate) = rest.rsplit_once('_')?;
+        let (rest, rate, size) = match maybe_rate.strip_prefix('q') {
+            Some(r) => {
+                let (rest, size) = rest.rsplit_once('_')?;
+                (rest, Some(r.parse().ok()?), size)
+            }
+            None => (rest, None, maybe_rate),
+        };
+        let size_bytes = size.strip_prefix('s')?.parse().ok()?;
+        let (backend, conns) = rest.rsplit_once('_')?;
+        let connections = conns.strip_prefix('c')?.parse().ok()?;
+        (!backend.is_empty()).then(|| RunKey {
+            backend: backend.to_string(),
+            connections,
+            size_bytes,
+            rate,
+            repeat,
+            pass,
+        })
     }
 }
 
@@ -217,22 +306,45 @@ impl std::fmt::Display for ClientSummary {
             "  connections        {} ok, {} failed of {}",
             self.connections_ok, self.connections_failed, self.connections
         )?;
+        let each = match self.target_rate_rps {
+            Some(_) => format!("open loop, warm-up included, {} bytes each", self.size_bytes),
+            None => format!("{} per connection x {} bytes", self.requests_per_connection, self.size_bytes),
+        };
         writeln!(
             f,
-            "  requests           {} verified ({} per connection x {} bytes), {} bytes, {} errors",
-            self.requests, self.requests_per_connection, self.size_bytes, self.bytes, self.errors
+            "  requests           {} verified ({each}), {} bytes, {} errors",
+            self.requests, self.bytes, self.errors
         )?;
-        writeln!(f, "  wall               {:.3} s   throughput {:.0} req/s", self.wall_s, self.throughput_rps)?;
         writeln!(
             f,
-            "  latency (us)       mean {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-            self.latency_mean_us,
-            self.latency_p50_us,
-            self.latency_p90_us,
-            self.latency_p99_us,
-            self.latency_p999_us,
-            self.latency_max_us
+            "  wall               {:.3} s   throughput {:.0} req/s   engine {}   client CPU {:.3} s",
+            self.wall_s, self.throughput_rps, self.engine, self.client_cpu_s
         )?;
+        if let (Some(t), Some(a)) = (self.target_rate_rps, self.achieved_rate_rps) {
+            writeln!(
+                f,
+                "  rate               {a:.0} of {t:.0} req/s over {:.1} s after a {:.1} s warm-up: {}",
+                self.duration_s,
+                self.warmup_s,
+                self.rate_status.as_deref().unwrap_or("?")
+            )?;
+        }
+        let line = |f: &mut std::fmt::Formatter<'_>, name: &str, p: &Percentiles| {
+            writeln!(
+                f,
+                "  {name:<18} mean {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}",
+                p.mean_us, p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.p9999_us, p.max_us
+            )
+        };
+        if self.target_rate_rps.is_some() {
+            line(f, "corrected (us)", &self.corrected)?;
+            line(f, "service (us)", &self.service)?;
+            if let Some(l) = &self.send_lateness {
+                line(f, "send late (us)", l)?;
+            }
+        } else {
+            line(f, "latency (us)", &self.service)?;
+        }
         writeln!(f, "  latency model      {}", self.latency_model)?;
         writeln!(f, "  AvgTotalDuration   {:.6} s", self.avg_total_duration_s)?;
         writeln!(f, "  AvgResponseTime    {:.6} s", self.avg_response_time_s)?;
@@ -250,6 +362,7 @@ mod tests {
             backend: "uring-no-bufring".into(),
             connections: 1500,
             size_bytes: 64,
+            rate: None,
             repeat: 3,
             pass: Pass::Measure,
         };
@@ -257,6 +370,9 @@ mod tests {
         assert_eq!(RunKey::parse(&k.stem()), Some(k.clone()));
         k.pass = Pass::Syscalls;
         assert_eq!(k.stem(), "uring-no-bufring_c1500_s64_p3");
+        assert_eq!(RunKey::parse(&k.stem()), Some(k.clone()));
+        k.rate = Some(20_000);
+        assert_eq!(k.stem(), "uring-no-bufring_c1500_s64_q20000_p3");
         assert_eq!(RunKey::parse(&k.stem()), Some(k));
         assert_eq!(RunKey::parse("notes"), None);
         assert_eq!(RunKey::parse("_c1_s1_r1"), None);

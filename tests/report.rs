@@ -9,7 +9,7 @@ use std::process::Command;
 
 use ringbench::report::metrics::{metric, METRICS};
 use ringbench::report::{self, charts};
-use ringbench::results::{encode_histogram, ClientSummary, ThreadRow};
+use ringbench::results::{encode_histogram, ClientSummary, Percentiles, ThreadRow};
 
 fn row(thread: usize, label: &str, requests: u64, total_s: f64, avg_s: f64, errors: u64) -> ThreadRow {
     ThreadRow {
@@ -62,7 +62,19 @@ fn write_client(raw: &Path, stem: &str, label: &str, rows: &[ThreadRow], through
         connect_mean_s: 0.0,
         connect_max_s: 0.0,
         latency_model: "closed-loop".into(),
+        engine: "threads".into(),
+        target_rate_rps: None,
+        achieved_rate_rps: None,
+        rate_status: None,
+        warmup_s: 0.0,
+        duration_s: 0.0,
+        service: Percentiles::of(&h),
+        corrected: Percentiles::of(&h),
+        send_lateness: None,
+        client_cpu_s: 0.0,
         latency_histogram: encode_histogram(&h),
+        corrected_histogram: encode_histogram(&h),
+        lateness_histogram: String::new(),
         measured_start_unix_us: 0,
         measured_end_unix_us: 0,
     };

@@ -1,19 +1,22 @@
 //! The blocking engine: one OS thread per connection, blocking sockets, `TCP_NODELAY` —
-//! the seed's client. Latency is closed-loop: each connection has one request in flight,
-//! so it measures round trips under this offered load, not an open-loop arrival rate.
+//! the seed's client, and the default. With hundreds of threads on one CPU, a thread's
+//! tail latency is mostly the client's own scheduler: the event engine (`--engine
+//! epoll`) is the one for open-loop schedules and tail latency.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringbench_backends::sys;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::payload::{fill_payload, first_difference, mismatch, nearest_rank};
+use super::gate::Gate;
+use super::latency::RunLatency;
+use super::load::{ConnLoad, Next};
+use super::payload::{fill_payload, first_difference, mismatch};
 use super::{check_limits, summarise, ClientConfig, ClientError, ClientReport, ConnOutcome, Window};
-use crate::results::ThreadRow;
 
 /// Messages larger than this are sent and received at the same time (poll loop): written
 /// whole before reading, they could fill both directions' socket buffers and deadlock
@@ -22,32 +25,40 @@ pub const DUPLEX_ABOVE_BYTES: usize = 64 * 1024;
 /// Stack for each client thread: its buffers live on the heap, so a small stack lets
 /// thousands of threads fit.
 const THREAD_STACK_BYTES: usize = 128 * 1024;
+/// Run histograms shared by the threads (a full-precision histogram per thread would cost
+/// half a MiB each); each thread hands over its samples in batches.
+const SHARDS: usize = 16;
+const BATCH: usize = 256;
 
-/// A start gate: threads report ready and wait; the main thread opens it for all at once.
-///
-/// The gate itself is a write-locked `RwLock`: releasing the write lock wakes every waiting
-/// reader together. (A condvar would hand its mutex to thousands of threads one at a time,
-/// so the last would start hundreds of milliseconds after the first.)
-struct Gate {
-    ready: Mutex<usize>,
-    ready_cv: Condvar,
-    door: RwLock<()>,
-    /// When the gate opened; set before it opens, read lock-free after.
-    opened_at: OnceLock<Instant>,
+/// The run histograms, in shards.
+struct Shards(Vec<Mutex<RunLatency>>);
+
+/// One sample: service time, and (open loop) lateness and corrected time.
+type Sample = (u64, Option<(u64, u64)>);
+
+/// A thread's samples on their way to its shard.
+struct Batch<'a> {
+    shard: &'a Mutex<RunLatency>,
+    samples: Vec<Sample>,
 }
 
-impl Gate {
-    fn arrive_and_wait(&self) -> Instant {
-        *self.ready.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.ready_cv.notify_one();
-        drop(self.door.read().unwrap_or_else(|p| p.into_inner()));
-        self.opened_at.get().copied().unwrap_or_else(Instant::now)
+impl Batch<'_> {
+    fn flush(&mut self) {
+        if self.samples.is_empty() {
+            return;
+        }
+        let mut run = self.shard.lock().unwrap_or_else(|p| p.into_inner());
+        for (service, open) in self.samples.drain(..) {
+            run.record(service, open);
+        }
     }
+}
 
-    fn wait_for(&self, n: usize) {
-        let mut g = self.ready.lock().unwrap_or_else(|p| p.into_inner());
-        while *g < n {
-            g = self.ready_cv.wait(g).unwrap_or_else(|p| p.into_inner());
+impl super::latency::Sink for Batch<'_> {
+    fn record(&mut self, service_ns: u64, open: Option<(u64, u64)>) {
+        self.samples.push((service_ns, open));
+        if self.samples.len() >= BATCH {
+            self.flush();
         }
     }
 }
@@ -56,23 +67,18 @@ impl Gate {
 /// and before the start gate opens (a shard reports ready there and waits for "go").
 pub fn run(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<ClientReport, ClientError> {
     check_limits(cfg)?;
-    let gate = Arc::new(Gate {
-        ready: Mutex::new(0),
-        ready_cv: Condvar::new(),
-        door: RwLock::new(()),
-        opened_at: OnceLock::new(),
-    });
-    let closed = gate.door.write().unwrap_or_else(|p| p.into_inner());
+    let gate = Arc::new(Gate::default());
+    let shards = Arc::new(Shards((0..SHARDS).map(|_| Mutex::new(RunLatency::default())).collect()));
+    let closed = gate.close();
     let mut handles = Vec::with_capacity(cfg.connections);
     let mut outcomes = Vec::with_capacity(cfg.connections);
     for i in 0..cfg.connections {
         let thread = cfg.first_thread + i;
-        let (gate, c) = (Arc::clone(&gate), cfg.clone());
-        let source = c.source_for(thread);
+        let (gate, shards, c) = (Arc::clone(&gate), Arc::clone(&shards), cfg.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("client-{thread}"))
             .stack_size(THREAD_STACK_BYTES)
-            .spawn(move || connection_thread(&c, thread, source, &gate));
+            .spawn(move || connection_thread(&c, i, &gate, &shards.0[i % SHARDS]));
         match spawned {
             Ok(h) => handles.push((thread, h)),
             Err(e) => outcomes.push(ConnOutcome::failed(
@@ -87,9 +93,7 @@ pub fn run(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<ClientRepo
     // Marked before the gate opens: once thousands of threads are released, this thread
     // may not run again until most of the work is done.
     let window = Window::start(&cfg.phases);
-    let t0 = Instant::now();
-    let _ = gate.opened_at.set(t0);
-    drop(closed);
+    let t0 = gate.open(closed);
     for (thread, h) in handles {
         match h.join() {
             Ok(o) => outcomes.push(o),
@@ -97,7 +101,12 @@ pub fn run(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<ClientRepo
         }
     }
     let wall_s = t0.elapsed().as_secs_f64();
-    Ok(summarise(cfg, outcomes, wall_s, window.end(&cfg.phases)))
+    let window = window.end(&cfg.phases);
+    let mut run = RunLatency::default();
+    for s in &shards.0 {
+        run.merge(&s.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+    Ok(summarise(cfg, outcomes, wall_s, window, run))
 }
 
 /// A connected stream: from `source` if given, `TCP_NODELAY`, every operation bounded by
@@ -118,9 +127,11 @@ pub fn connect(cfg: &ClientConfig, source: Option<IpAddr>) -> io::Result<TcpStre
     Ok(stream)
 }
 
-fn connection_thread(cfg: &ClientConfig, thread: usize, source: Option<IpAddr>, gate: &Gate) -> ConnOutcome {
+/// Connection `i` of this process.
+fn connection_thread(cfg: &ClientConfig, i: usize, gate: &Gate, shard: &Mutex<RunLatency>) -> ConnOutcome {
+    let thread = cfg.first_thread + i;
     let c0 = Instant::now();
-    let stream = connect(cfg, source);
+    let stream = connect(cfg, cfg.source_for(thread));
     let connect_s = c0.elapsed().as_secs_f64();
     // Every thread reaches the gate, connected or not, so the main thread can count them.
     let t0 = gate.arrive_and_wait();
@@ -133,90 +144,49 @@ fn connection_thread(cfg: &ClientConfig, thread: usize, source: Option<IpAddr>, 
             return o;
         }
     };
-    let (latencies_ns, rounds, error) = requests(cfg, thread, stream, t0);
-    let total_duration_s = t0.elapsed().as_secs_f64();
-    let mut row = row(cfg, thread, &latencies_ns, total_duration_s, error);
-    row.rounds = rounds;
-    ConnOutcome { row, latencies_ns, connect_s, connected: true }
+    let mut load = ConnLoad::new(cfg, thread, i, cfg.connections, t0);
+    let mut batch = Batch { shard, samples: Vec::with_capacity(BATCH) };
+    if let Err(e) = requests(cfg, stream, &mut load, &mut batch) {
+        load.failed(e);
+    }
+    batch.flush();
+    ConnOutcome::of(cfg, &load, connect_s)
 }
 
-/// Sends every request and verifies its echo, round after round until `--min-run-s` has
-/// passed since `t0` (one round without it); returns the round trips, the rounds begun,
-/// and the first error.
-fn requests(cfg: &ClientConfig, thread: usize, mut stream: TcpStream, t0: Instant) -> (Vec<u64>, u64, String) {
-    let mut latencies_ns = Vec::with_capacity(cfg.requests as usize);
+/// Sends every request the load asks for, each at its time, and verifies its echo.
+fn requests(
+    cfg: &ClientConfig,
+    mut stream: TcpStream,
+    load: &mut ConnLoad,
+    batch: &mut Batch<'_>,
+) -> Result<(), String> {
     let mut sent = vec![0u8; cfg.size];
     let mut got = vec![0u8; cfg.size];
     let duplex = cfg.size > DUPLEX_ABOVE_BYTES;
     if duplex {
-        if let Err(e) = stream.set_nonblocking(true) {
-            return (latencies_ns, 1, format!("setting non-blocking mode: {e}"));
-        }
+        stream.set_nonblocking(true).map_err(|e| format!("setting non-blocking mode: {e}"))?;
     }
-    let mut rounds = 0;
-    loop {
-        rounds += 1;
-        if let Err(e) = round(cfg, thread, &mut stream, rounds, &mut latencies_ns, (&mut sent, &mut got)) {
-            return (latencies_ns, rounds, e);
+    let mut next = load.first();
+    while let Next::Send { k, at } = next {
+        if let Some(wait) = at.and_then(|at| at.checked_duration_since(Instant::now())) {
+            std::thread::sleep(wait);
         }
-        if cfg.min_run.is_none_or(|d| t0.elapsed() >= d) {
-            return (latencies_ns, rounds, String::new());
-        }
-    }
-}
-
-/// One round of `--requests` requests; request numbers go on across rounds, so every
-/// payload stays unique.
-fn round(
-    cfg: &ClientConfig,
-    thread: usize,
-    stream: &mut TcpStream,
-    round: u64,
-    latencies_ns: &mut Vec<u64>,
-    (sent, got): (&mut [u8], &mut [u8]),
-) -> Result<(), String> {
-    let duplex = cfg.size > DUPLEX_ABOVE_BYTES;
-    for r in (round - 1) * cfg.requests..round * cfg.requests {
-        fill_payload(sent, thread, r);
+        fill_payload(&mut sent, load.thread, k);
         let t = Instant::now();
+        load.sent(k, t);
         let res = if duplex {
-            exchange_duplex(stream, sent, got, cfg.timeout)
+            exchange_duplex(&stream, &sent, &mut got, cfg.timeout)
         } else {
-            exchange_blocking(stream, sent, got, cfg.timeout)
+            exchange_blocking(&mut stream, &sent, &mut got, cfg.timeout)
         };
-        let elapsed_ns = t.elapsed().as_nanos() as u64;
-        if let Err(e) = res {
-            return Err(format!("request {r}: {e}"));
+        res.map_err(|e| format!("request {k}: {e}"))?;
+        if let Some(at) = first_difference(&sent, &got) {
+            return Err(mismatch(k, &sent, &got, at));
         }
-        if let Some(at) = first_difference(sent, got) {
-            return Err(mismatch(r, sent, got, at));
-        }
-        latencies_ns.push(elapsed_ns);
+        load.verified(batch, k, t, Instant::now());
+        next = load.next_after(Some(k));
     }
     Ok(())
-}
-
-/// One connection's CSV row from its round trips.
-pub fn row(cfg: &ClientConfig, thread: usize, latencies_ns: &[u64], total_duration_s: f64, error: String) -> ThreadRow {
-    let requests = latencies_ns.len() as u64;
-    let mut sorted = latencies_ns.to_vec();
-    sorted.sort_unstable();
-    let secs = |ns: u64| ns as f64 / 1e9;
-    let mean = if sorted.is_empty() { 0.0 } else { secs(sorted.iter().sum::<u64>()) / sorted.len() as f64 };
-    ThreadRow {
-        thread,
-        label: cfg.label.clone(),
-        requests,
-        bytes: requests * cfg.size as u64,
-        total_duration_s,
-        avg_response_s: mean,
-        p50_response_s: secs(nearest_rank(&sorted, 0.50)),
-        p99_response_s: secs(nearest_rank(&sorted, 0.99)),
-        max_response_s: secs(sorted.last().copied().unwrap_or(0)),
-        errors: u64::from(!error.is_empty()),
-        error,
-        rounds: 1,
-    }
 }
 
 pub fn describe(e: &io::Error, timeout: Duration) -> String {

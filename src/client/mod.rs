@@ -8,14 +8,25 @@
 //! A failure is data: a refused, timed-out or reset connection or a mismatched byte ends
 //! that connection's run with an error in its row, and every other connection goes on.
 //!
-//! - [`blocking`]: one OS thread per connection with blocking sockets (the seed's model);
-//! - [`shard`]: the same load spread over several processes (each with its own limits),
-//!   started together and merged;
-//! - [`payload`]: what is sent, and how an echo is checked.
+//! Two engines drive the same load, closed or open loop:
+//! - [`blocking`]: one OS thread per connection with blocking sockets (the seed's model,
+//!   and the default);
+//! - [`event`]: a few threads, each multiplexing many non-blocking connections with epoll
+//!   and holding open-loop schedules to tens of microseconds;
+//!
+//! and around them: [`load`] (what each connection sends and when), [`latency`]
+//! (histograms, not samples), [`summary`] (the run's figures), [`shard`] (a run spread
+//! over processes, started together and merged), [`payload`] (what is sent, and how an
+//! echo is checked).
 
 pub mod blocking;
+pub mod event;
+pub mod gate;
+pub mod latency;
+pub mod load;
 pub mod payload;
 pub mod shard;
+pub mod summary;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -23,12 +34,32 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use ringbench_backends::sys;
 
-use crate::results::{decode_histogram, encode_histogram, ClientSummary, ThreadRow, LATENCY_MODEL};
+use crate::results::{ClientSummary, ThreadRow};
 
+pub use latency::Progress;
+pub use load::OpenLoop;
 pub use payload::fill_payload;
+pub use summary::{merge, summarise};
+
+/// How a client drives its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// A blocking thread per connection (the seed's client).
+    Threads,
+    /// A few threads multiplexing non-blocking connections with epoll.
+    Epoll,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Threads => "threads",
+            Engine::Epoll => "epoll",
+        }
+    }
+}
 
 /// The largest `--size` accepted (64 MiB): each connection holds two buffers of this size.
 pub const MAX_SIZE_BYTES: usize = 64 * 1024 * 1024;
@@ -53,8 +84,17 @@ pub struct ClientConfig {
     /// Child processes to spread the connections over (each has its own fd limit).
     pub processes: usize,
     /// Repeat each connection's requests in rounds until the measured phase has lasted
-    /// this long (`None`: one round).
+    /// this long (`None`: one round). Closed loop only.
     pub min_run: Option<Duration>,
+    /// An open loop instead of a closed one.
+    pub open: Option<OpenLoop>,
+    pub engine: Engine,
+    /// The event engine's threads (0: one per CPU this process may use).
+    pub threads: usize,
+    /// `--interval-s`: a line on stderr this often.
+    pub interval: Option<Duration>,
+    /// For `--interval-s`: told of every request.
+    pub progress: Option<Arc<Progress>>,
     /// Where to say when the measured phase starts and ends.
     pub phases: Phases,
 }
@@ -78,17 +118,19 @@ impl Phases {
     }
 }
 
-/// When a measured phase ran, in UTC microseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// When a measured phase ran, in UTC microseconds, and the client's own CPU time over it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Window {
     pub start_unix_us: u64,
     pub end_unix_us: u64,
+    pub client_cpu_s: f64,
+    cpu_at_start_s: f64,
 }
 
 impl Window {
     /// The phase starts now: says so, and returns its start.
     pub fn start(phases: &Phases) -> Window {
-        let w = Window { start_unix_us: sys::unix_now_us(), end_unix_us: 0 };
+        let w = Window { start_unix_us: sys::unix_now_us(), cpu_at_start_s: own_cpu_s(), ..Window::default() };
         phases.mark("start");
         w
     }
@@ -96,9 +138,15 @@ impl Window {
     /// The phase ends now.
     pub fn end(mut self, phases: &Phases) -> Window {
         self.end_unix_us = sys::unix_now_us();
+        self.client_cpu_s = own_cpu_s() - self.cpu_at_start_s;
         phases.mark("end");
         self
     }
+}
+
+/// This process's CPU time so far (user + system), in seconds.
+fn own_cpu_s() -> f64 {
+    sys::process_cpu_ns(0).map_or(0.0, |ns| ns as f64 / 1e9)
 }
 
 impl ClientConfig {
@@ -114,8 +162,19 @@ impl ClientConfig {
             first_thread: 0,
             processes: 1,
             min_run: None,
+            open: None,
+            engine: Engine::Threads,
+            threads: 0,
+            interval: None,
+            progress: None,
             phases: Phases::default(),
         }
+    }
+
+    /// The event engine's thread count, resolved.
+    pub fn engine_threads(&self) -> usize {
+        let n = if self.threads == 0 { sys::allowed_cpus() } else { self.threads };
+        n.min(self.connections.max(1))
     }
 
     /// The source address for run-wide connection number `thread`: spread by that number,
@@ -198,7 +257,8 @@ pub fn check_limits(cfg: &ClientConfig) -> Result<(), ClientError> {
     }
     let maps = max_map_count();
     let max_threads = maps.saturating_sub(SPARE_MAPS) / MAPS_PER_THREAD;
-    if per_process > max_threads {
+    // Only the blocking engine has a thread per connection.
+    if cfg.engine == Engine::Threads && per_process > max_threads {
         return Err(ClientError::TooManyThreads {
             connections: cfg.connections,
             per_process,
@@ -235,14 +295,34 @@ pub fn run(cfg: &ClientConfig) -> Result<ClientReport, ClientError> {
     if cfg.processes > 1 {
         return shard::run(cfg);
     }
-    blocking::run(cfg, || {})
+    run_here(cfg, || {})
+}
+
+/// Runs the load in this process with its engine, calling `before_start` once every
+/// connection is made and before the start gate opens.
+pub fn run_here(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<ClientReport, ClientError> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        if let (Some(p), Some(every)) = (&cfg.progress, cfg.interval) {
+            let stop = &stop;
+            s.spawn(move || p.report_every(every, stop));
+        }
+        let r = match cfg.engine {
+            Engine::Threads => blocking::run(cfg, before_start),
+            Engine::Epoll => event::run(cfg, before_start),
+        };
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    })
 }
 
 /// One connection's outcome, from any engine.
 pub struct ConnOutcome {
     pub row: ThreadRow,
-    /// Its verified round trips, in nanoseconds.
-    pub latencies_ns: Vec<u64>,
+    /// Requests it was to complete.
+    pub expected: u64,
+    /// Open loop: its sends inside the measured window.
+    pub sent_in_window: u64,
     /// Time to connect (before the start gate).
     pub connect_s: f64,
     pub connected: bool,
@@ -266,111 +346,21 @@ impl ConnOutcome {
                 error,
                 rounds: 1,
             },
-            latencies_ns: Vec::new(),
+            expected: if cfg.open.is_some() { 1 } else { cfg.requests },
+            sent_in_window: 0,
             connect_s: 0.0,
             connected: false,
         }
     }
-}
 
-/// Connection set-up over the connections of a run.
-#[derive(Default)]
-struct Connects {
-    ok: usize,
-    sum_s: f64,
-    max_s: f64,
-}
-
-/// The report of a run in this process from its connections' outcomes.
-pub fn summarise(cfg: &ClientConfig, outcomes: Vec<ConnOutcome>, wall_s: f64, window: Window) -> ClientReport {
-    let mut hist = new_histogram();
-    let mut rows = Vec::with_capacity(outcomes.len());
-    let mut connects = Connects::default();
-    for o in outcomes {
-        for &ns in &o.latencies_ns {
-            // Auto-resizing histogram: recording cannot fail for u64 values.
-            let _ = hist.record(ns.max(1));
+    /// A connection that ran, from its load's tally.
+    pub fn of(cfg: &ClientConfig, load: &load::ConnLoad, connect_s: f64) -> ConnOutcome {
+        ConnOutcome {
+            row: load.row(cfg),
+            expected: load.expected(),
+            sent_in_window: load.sent_in_window,
+            connect_s,
+            connected: true,
         }
-        if o.connected {
-            connects.ok += 1;
-            connects.sum_s += o.connect_s;
-            connects.max_s = connects.max_s.max(o.connect_s);
-        }
-        rows.push(o.row);
     }
-    rows.sort_by_key(|r| r.thread);
-    report(cfg, rows, hist, wall_s, connects, window)
-}
-
-/// Merges reports of parts of one run (processes or hosts started together) into one,
-/// whose measured phase is `window`.
-pub fn merge(cfg: &ClientConfig, parts: Vec<ClientReport>, window: Window) -> ClientReport {
-    let mut hist = new_histogram();
-    let mut rows = Vec::new();
-    let mut wall_s = 0.0f64;
-    let mut connects = Connects::default();
-    for p in parts {
-        let s = &p.summary;
-        if let Some(h) = decode_histogram(&s.latency_histogram) {
-            let _ = hist.add(&h);
-        }
-        wall_s = wall_s.max(s.wall_s);
-        connects.ok += s.connections_ok;
-        connects.sum_s += s.connect_mean_s * s.connections_ok as f64;
-        connects.max_s = connects.max_s.max(s.connect_max_s);
-        rows.extend(p.rows);
-    }
-    rows.sort_by_key(|r| r.thread);
-    report(cfg, rows, hist, wall_s, connects, window)
-}
-
-fn new_histogram() -> Histogram<u64> {
-    Histogram::<u64>::new(3).expect("3 significant figures is a valid histogram precision")
-}
-
-/// The one place that defines every summary figure, for a run in one process and for
-/// merged parts alike.
-fn report(
-    cfg: &ClientConfig,
-    rows: Vec<ThreadRow>,
-    hist: Histogram<u64>,
-    wall_s: f64,
-    c: Connects,
-    window: Window,
-) -> ClientReport {
-    let n = rows.len().max(1) as f64;
-    let requests: u64 = rows.iter().map(|r| r.requests).sum();
-    let us = |ns: u64| ns as f64 / 1e3;
-    let summary = ClientSummary {
-        label: cfg.label.clone(),
-        server: cfg.server.to_string(),
-        connections: cfg.connections,
-        connections_ok: c.ok,
-        connections_failed: cfg.connections.saturating_sub(c.ok),
-        requests_per_connection: cfg.requests,
-        min_run_s: cfg.min_run.map_or(0.0, |d| d.as_secs_f64()),
-        requests_expected: rows.iter().map(|r| r.rounds.max(1) * cfg.requests).sum::<u64>()
-            + cfg.connections.saturating_sub(rows.len()) as u64 * cfg.requests,
-        size_bytes: cfg.size,
-        requests,
-        bytes: rows.iter().map(|r| r.bytes).sum(),
-        errors: rows.iter().map(|r| r.errors).sum(),
-        wall_s,
-        throughput_rps: if wall_s > 0.0 { requests as f64 / wall_s } else { 0.0 },
-        latency_mean_us: hist.mean() / 1e3,
-        latency_p50_us: us(hist.value_at_quantile(0.50)),
-        latency_p90_us: us(hist.value_at_quantile(0.90)),
-        latency_p99_us: us(hist.value_at_quantile(0.99)),
-        latency_p999_us: us(hist.value_at_quantile(0.999)),
-        latency_max_us: us(hist.max()),
-        avg_total_duration_s: rows.iter().map(|r| r.round_duration_s()).sum::<f64>() / n,
-        avg_response_time_s: rows.iter().map(|r| r.avg_response_s).sum::<f64>() / n,
-        connect_mean_s: if c.ok > 0 { c.sum_s / c.ok as f64 } else { 0.0 },
-        connect_max_s: c.max_s,
-        latency_model: LATENCY_MODEL.into(),
-        latency_histogram: encode_histogram(&hist),
-        measured_start_unix_us: window.start_unix_us,
-        measured_end_unix_us: window.end_unix_us,
-    };
-    ClientReport { summary, rows }
 }

@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use super::{blocking, check_limits, merge, summarise, ClientConfig, ClientError, ClientReport, ConnOutcome, Window};
+use super::latency::RunLatency;
+use super::{check_limits, merge, run_here, summarise, ClientConfig, ClientError, ClientReport, ConnOutcome, Window};
 use crate::results::{ClientSummary, ThreadRow};
 
 /// What a shard sends back.
@@ -49,6 +50,18 @@ pub fn shard_args(cfg: &ClientConfig, connections: usize, first: usize) -> Vec<S
     if let Some(d) = cfg.min_run {
         a.extend(["--min-run-s".into(), d.as_secs_f64().to_string()]);
     }
+    a.extend(["--engine".into(), cfg.engine.name().into()]);
+    if cfg.threads > 0 {
+        a.extend(["--threads".into(), cfg.threads.to_string()]);
+    }
+    if let Some(o) = &cfg.open {
+        // Each shard offers its connections' share of the rate.
+        let share = o.rate_rps * connections as f64 / cfg.connections.max(1) as f64;
+        a.extend(["--rate".into(), share.to_string(), "--duration".into(), o.duration.as_secs_f64().to_string()]);
+        if !o.warmup.is_zero() {
+            a.extend(["--warmup".into(), o.warmup.as_secs_f64().to_string()]);
+        }
+    }
     a
 }
 
@@ -56,7 +69,7 @@ pub fn shard_args(cfg: &ClientConfig, connections: usize, first: usize) -> Vec<S
 /// and writes the report as one JSON line. Returns whether every request was verified.
 pub fn serve_as_shard(cfg: &ClientConfig, input: impl BufRead, mut output: impl Write) -> Result<bool, ClientError> {
     let mut input = input;
-    let report = blocking::run(cfg, || {
+    let report = run_here(cfg, || {
         // A parent that has gone away cannot be told anything; the run then starts at once.
         let _ = writeln!(output, "ready").and_then(|()| output.flush());
         let mut go = String::new();
@@ -118,7 +131,7 @@ impl Shard {
                 let failed = (self.first..self.first + self.connections)
                     .map(|t| ConnOutcome::failed(&part, t, why.clone()))
                     .collect();
-                summarise(&part, failed, 0.0, Window::default())
+                summarise(&part, failed, 0.0, Window::default(), RunLatency::default())
             }
         }
     }

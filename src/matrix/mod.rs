@@ -56,6 +56,17 @@ pub struct MatrixConfig {
     pub min_run_s: f64,
     /// The server every other is compared with (`None`: epoll, else the first).
     pub baseline: Option<String>,
+    /// Open-loop rates to sweep at each connection count (empty: closed loop).
+    pub rates: Vec<u64>,
+    /// The client engine (`threads` or `epoll`).
+    pub engine: String,
+    /// Each run's measured window (open loop), or how long a closed loop runs.
+    pub duration_s: Option<f64>,
+    /// Open loop: the warm-up before each measured window.
+    pub warmup_s: Option<f64>,
+    /// The latency objective: summary.md names the highest rate each server held with a
+    /// corrected p99 at or under it.
+    pub slo_ms: Option<f64>,
     /// Run `ringbench probe` first and keep its figures in env.json.
     pub probe: bool,
     pub label: String,
@@ -127,24 +138,31 @@ pub struct Planned {
 /// with every server in turn; then, where perf can count syscalls, one syscall run per
 /// external target.
 fn plan(cfg: &MatrixConfig, contenders: &[Contender], perf: bool) -> Vec<Planned> {
+    let rates: Vec<Option<u64>> =
+        if cfg.rates.is_empty() { vec![None] } else { cfg.rates.iter().map(|&r| Some(r)).collect() };
+    // Every (size, connections, rate) point, in sweep order.
+    let cells = cfg.sizes.iter().flat_map(|&size| {
+        let rates = &rates;
+        cfg.connections.iter().flat_map(move |&conns| rates.iter().map(move |&rate| (size, conns, rate)))
+    });
     let mut plan = Vec::new();
-    for &size in &cfg.sizes {
-        for &conns in &cfg.connections {
-            let key = |c: &Contender, repeat, pass| RunKey {
-                backend: c.name().to_string(),
-                connections: conns,
-                size_bytes: size,
-                repeat,
-                pass,
-            };
-            for repeat in 1..=cfg.repeats {
-                for c in contenders {
-                    plan.push(Planned { key: key(c, repeat, Pass::Measure), contender: c.clone() });
-                }
+    for (size, conns, rate) in cells {
+        let key = |c: &Contender, repeat, pass| RunKey {
+            backend: c.name().to_string(),
+            connections: conns,
+            size_bytes: size,
+            rate,
+            repeat,
+            pass,
+        };
+        // Interleaved: each repeat runs every contender before the next repeat starts.
+        for repeat in 1..=cfg.repeats {
+            for c in contenders {
+                plan.push(Planned { key: key(c, repeat, Pass::Measure), contender: c.clone() });
             }
-            for c in contenders.iter().filter(|c| perf && matches!(c, Contender::Target(_))) {
-                plan.push(Planned { key: key(c, 1, Pass::Syscalls), contender: c.clone() });
-            }
+        }
+        for c in contenders.iter().filter(|c| perf && matches!(c, Contender::Target(_))) {
+            plan.push(Planned { key: key(c, 1, Pass::Syscalls), contender: c.clone() });
         }
     }
     plan
@@ -199,10 +217,11 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register(sig, Arc::clone(&interrupted)).context("cannot install signal handlers")?;
     }
     eprintln!(
-        "ringbench matrix: {} runs ({} servers × {} connection counts × {} sizes × {} repeats) into {}; {}",
+        "ringbench matrix: {} runs ({} servers × {} connection counts × {} rates × {} sizes × {} repeats) into {}; {}",
         plan.len(),
         contenders.len(),
         cfg.connections.len(),
+        cfg.rates.len().max(1),
         cfg.sizes.len(),
         cfg.repeats,
         cfg.out.display(),

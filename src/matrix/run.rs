@@ -134,9 +134,19 @@ pub fn one(ctx: &Ctx<'_>, p: &Planned) -> anyhow::Result<Outcome> {
         "--phase-fd".into(),
         PHASE_FD.to_string(),
     ];
-    if cfg.min_run_s > 0.0 {
-        args.extend(["--min-run-s".into(), cfg.min_run_s.to_string()]);
+    args.extend(["--engine".into(), cfg.engine.clone()]);
+    match (p.key.rate, cfg.duration_s) {
+        (Some(rate), Some(d)) => {
+            args.extend(["--rate".into(), rate.to_string(), "--duration".into(), d.to_string()]);
+            if let Some(w) = cfg.warmup_s.filter(|w| *w > 0.0) {
+                args.extend(["--warmup".into(), w.to_string()]);
+            }
+        }
+        (None, Some(d)) => args.extend(["--duration".into(), d.to_string()]),
+        _ if cfg.min_run_s > 0.0 => args.extend(["--min-run-s".into(), cfg.min_run_s.to_string()]),
+        _ => {}
     }
+    args.extend(["--spectrum".into(), file("spectrum")]);
     args.extend(cfg.client_args.iter().cloned());
     let (marks, phase_write) = sys::pipe()?;
     let mut client =

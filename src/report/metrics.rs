@@ -64,6 +64,9 @@ pub struct RunView<'a> {
     pub summaries: Vec<&'a ClientSummary>,
     /// Every host's round trips merged; `None` if a host's histogram is missing.
     pub latency: Option<Histogram<u64>>,
+    /// Open loop: every host's corrected latencies and send lateness, merged.
+    pub corrected: Option<Histogram<u64>>,
+    pub lateness: Option<Histogram<u64>>,
     pub server: Option<&'a ServerSummary>,
     /// What the sweep saw of the server process.
     pub proc: Option<&'a ServerProcRecord>,
@@ -91,7 +94,30 @@ impl RunView<'_> {
         }
     }
 
-    /// `x` per verified request.
+    /// A service-time percentile in µs (`q` = 1: the max).
+    fn service_us(&self, q: f64) -> Option<f64> {
+        let h = self.latency.as_ref().filter(|h| !h.is_empty())?;
+        Some(if q >= 1.0 { h.max() } else { h.value_at_quantile(q) } as f64 / 1e3)
+    }
+
+    /// An open loop's corrected percentile in µs (`q` = 1: the max); none in a closed loop.
+    fn corrected_us(&self, q: f64) -> Option<f64> {
+        let h = self.corrected.as_ref().filter(|h| !h.is_empty())?;
+        Some(if q >= 1.0 { h.max() } else { h.value_at_quantile(q) } as f64 / 1e3)
+    }
+
+    fn lateness_us(&self, q: f64) -> Option<f64> {
+        let h = self.lateness.as_ref().filter(|h| !h.is_empty())?;
+        Some(h.value_at_quantile(q) as f64 / 1e3)
+    }
+
+    /// An open loop's achieved rate over every host.
+    fn achieved_rps(&self) -> Option<f64> {
+        let rates: Vec<f64> = self.summaries.iter().filter_map(|s| s.achieved_rate_rps).collect();
+        (!rates.is_empty()).then(|| rates.iter().sum())
+    }
+
+    /// A server figure per verified request.
     fn per_request(&self, x: Option<f64>) -> Option<f64> {
         (self.requests > 0).then_some(x? / self.requests as f64)
     }
@@ -228,6 +254,188 @@ pub const METRICS: &[Metric] = &[
         // A cross-check of the sampled figure: from the end of set-up to the end of the
         // stop, so it includes accepting and closing; ringbench's backends only.
         of: |r| r.per_request(r.server.map(|s| (s.cpu_user_s + s.cpu_sys_s) * 1e6)),
+    },
+    Metric {
+        key: "p90_response_us",
+        title: "p90 round-trip latency",
+        what: "p90 latency",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: None,
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.service_us(0.90),
+    },
+    Metric {
+        key: "p999_response_us",
+        title: "p99.9 round-trip latency",
+        what: "p99.9 latency",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: None,
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.service_us(0.999),
+    },
+    Metric {
+        key: "p9999_response_us",
+        title: "p99.99 round-trip latency",
+        what: "p99.99 latency",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: None,
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.service_us(0.9999),
+    },
+    Metric {
+        key: "max_response_us",
+        title: "Longest round trip",
+        what: "longest round trip",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: None,
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.service_us(1.0),
+    },
+    Metric {
+        key: "achieved_rate_rps",
+        title: "Open loop: requests sent per second",
+        what: "achieved rate",
+        better: Better::Higher,
+        digits: 1,
+        headline: false,
+        table: Some(("sent req/s", 0)),
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.achieved_rps(),
+    },
+    Metric {
+        key: "corrected_p50_us",
+        title: "Open loop: p50 latency from the intended send",
+        what: "corrected p50 latency",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: None,
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.corrected_us(0.50),
+    },
+    Metric {
+        key: "corrected_p90_us",
+        title: "Open loop: p90 latency from the intended send",
+        what: "corrected p90 latency",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: None,
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.corrected_us(0.90),
+    },
+    Metric {
+        key: "corrected_p99_us",
+        title: "Open loop: p99 latency from the intended send",
+        what: "corrected p99 latency",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: Some(("corrected p99 µs", 0)),
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.corrected_us(0.99),
+    },
+    Metric {
+        key: "corrected_p999_us",
+        title: "Open loop: p99.9 latency from the intended send",
+        what: "corrected p99.9 latency",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: None,
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.corrected_us(0.999),
+    },
+    Metric {
+        key: "corrected_p9999_us",
+        title: "Open loop: p99.99 latency from the intended send",
+        what: "corrected p99.99 latency",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: None,
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.corrected_us(0.9999),
+    },
+    Metric {
+        key: "corrected_max_us",
+        title: "Open loop: longest latency from the intended send",
+        what: "corrected longest latency",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: None,
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.corrected_us(1.0),
+    },
+    Metric {
+        key: "send_lateness_p50_us",
+        title: "Open loop: median send lateness",
+        what: "median send lateness",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: None,
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.lateness_us(0.50),
+    },
+    Metric {
+        key: "send_lateness_p99_us",
+        title: "Open loop: p99 send lateness",
+        what: "p99 send lateness",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: None,
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.lateness_us(0.99),
+    },
+    Metric {
+        key: "client_cpu_us_per_request",
+        title: "Client CPU per request",
+        what: "client CPU per request",
+        better: Better::Lower,
+        digits: 3,
+        headline: false,
+        table: None,
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.per_request(Some(r.summaries.iter().map(|s| s.client_cpu_s).sum::<f64>() * 1e6)),
     },
 ];
 

@@ -23,16 +23,30 @@ pub struct RunFigures {
     pub values: Vec<Option<f64>>,
     /// Why the run counts as failed (empty when ok).
     pub problems: Vec<String>,
+    /// Open loop: whether it held its rate (`held`, `client-bound`, `saturated`).
+    pub rate_status: Option<String>,
+    /// The distribution charts show: corrected latency (open loop), else service time.
+    pub spectrum: Option<Histogram<u64>>,
 }
 
-/// The merged latency histogram of every host, if every host has one.
-fn merged_latency(summaries: &[&ClientSummary]) -> Option<Histogram<u64>> {
+/// One histogram of every host (`pick` chooses which), merged; `None` if a host lacks it.
+fn merged(summaries: &[&ClientSummary], pick: fn(&ClientSummary) -> &str) -> Option<Histogram<u64>> {
     // Auto-resizing, so histograms of any range merge into it.
     let mut merged = Histogram::<u64>::new(3).ok()?;
     for s in summaries {
-        merged.add(&decode_histogram(&s.latency_histogram)?).ok()?;
+        merged.add(&decode_histogram(pick(s))?).ok()?;
     }
     (!summaries.is_empty()).then_some(merged)
+}
+
+/// The worst of the hosts' rate statuses: one host that fell behind is the run's verdict.
+fn worst_status<'a>(statuses: impl Iterator<Item = &'a str>) -> Option<String> {
+    let rank = |s: &str| match s {
+        "held" => 0,
+        "client-bound" => 1,
+        _ => 2,
+    };
+    statuses.max_by_key(|s| rank(s)).map(String::from)
 }
 
 /// Computes a run's figures. Several client hosts are merged like the seed's two clients:
@@ -46,8 +60,11 @@ pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
     } else {
         (rows.iter().map(|r| r.requests).sum(), rows.iter().map(|r| r.errors).sum())
     };
+    let open = summaries.iter().any(|s| s.target_rate_rps.is_some());
     let view = RunView {
-        latency: merged_latency(&summaries),
+        latency: merged(&summaries, |s| &s.latency_histogram),
+        corrected: if open { merged(&summaries, |s| &s.corrected_histogram) } else { None },
+        lateness: if open { merged(&summaries, |s| &s.lateness_histogram) } else { None },
         rows,
         summaries,
         server: run.server.as_ref(),
@@ -69,8 +86,10 @@ pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
             .iter()
             .map(|m| if key.pass == Pass::Syscalls && !m.syscall_run { None } else { (m.of)(&view) })
             .collect(),
+        rate_status: worst_status(view.summaries.iter().filter_map(|s| s.rate_status.as_deref())),
         ..RunFigures::default()
     };
+    f.spectrum = if open { view.corrected.clone() } else { view.latency.clone() };
     // Older client summaries do not say; their runs were one round.
     f.expected = if view.summaries.iter().all(|s| s.requests_expected > 0) && !view.summaries.is_empty() {
         view.summaries.iter().map(|s| s.requests_expected).sum()
@@ -161,6 +180,12 @@ pub struct Point {
     pub backend: String,
     pub connections: usize,
     pub size_bytes: usize,
+    /// The open-loop rate offered (`None`: a closed loop).
+    pub rate: Option<u64>,
+    /// Open loop: the worst rate status over its repeats.
+    pub rate_status: Option<String>,
+    /// Its measured repeats' latency (corrected in an open loop), merged, for spectra.
+    pub spectrum: Option<Histogram<u64>>,
     pub ok: bool,
     pub requests_per_connection: u64,
     pub repeats: usize,
@@ -177,8 +202,8 @@ impl Point {
     }
 }
 
-/// A point's identity in sort order: backend rank and name, size, connections.
-type PointKey = (usize, String, usize, usize);
+/// A point's identity in sort order: backend rank and name, size, connections, rate.
+type PointKey = (usize, String, usize, usize, Option<u64>);
 
 /// Groups runs into points, in backend order of first appearance in `order` (then by
 /// name), then by size and connections.
@@ -186,15 +211,22 @@ pub fn points(runs: &BTreeMap<RunKey, Run>, order: &[String]) -> Vec<Point> {
     let rank = |b: &str| order.iter().position(|x| x == b).unwrap_or(order.len());
     let mut groups: BTreeMap<PointKey, Vec<(&RunKey, RunFigures)>> = BTreeMap::new();
     for (key, run) in runs {
-        let g = (rank(&key.backend), key.backend.clone(), key.size_bytes, key.connections);
+        let g = (rank(&key.backend), key.backend.clone(), key.size_bytes, key.connections, key.rate);
         groups.entry(g).or_default().push((key, figures(key, run)));
     }
     let mut out: Vec<Point> = groups
         .into_iter()
-        .map(|((_, backend, size_bytes, connections), figs)| Point {
+        .map(|((_, backend, size_bytes, connections, rate), figs)| Point {
             backend,
             connections,
             size_bytes,
+            rate,
+            rate_status: worst_status(figs.iter().filter_map(|(_, f)| f.rate_status.as_deref())),
+            spectrum: figs
+                .iter()
+                .filter(|(k, _)| k.pass == Pass::Measure)
+                .filter_map(|(_, f)| f.spectrum.as_ref())
+                .fold(None, add_repeat),
             ok: figs.iter().all(|(_, f)| f.ok),
             requests_per_connection: figs.iter().map(|(_, f)| f.requests_per_connection).max().unwrap_or(0),
             repeats: figs.iter().filter(|(k, _)| k.pass == Pass::Measure).count(),
@@ -205,9 +237,22 @@ pub fn points(runs: &BTreeMap<RunKey, Run>, order: &[String]) -> Vec<Point> {
                 .collect(),
         })
         .collect();
-    // Sizes, then connections, ascending; backends keep their order within each.
-    out.sort_by_key(|p| (p.size_bytes, p.connections, rank(&p.backend)));
+    // Sizes, then connections, then rates, ascending; backends keep their order within each.
+    out.sort_by_key(|p| (p.size_bytes, p.connections, p.rate, rank(&p.backend)));
     out
+}
+
+/// Adds one repeat's histogram to the point's (the first starts it).
+fn add_repeat(all: Option<Histogram<u64>>, h: &Histogram<u64>) -> Option<Histogram<u64>> {
+    match all {
+        None => Some(h.clone()),
+        Some(mut all) => {
+            // Both are run histograms of the same precision; adding can only fail on a
+            // value out of range, which an auto-resizing histogram does not have.
+            let _ = all.add(h);
+            Some(all)
+        }
+    }
 }
 
 /// Each distinct item once, in order of first appearance.

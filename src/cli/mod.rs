@@ -4,7 +4,7 @@
 //! are already valid. A malformed argument prints one line naming the flag (with clap's
 //! "did you mean" tip for a misspelt one) and exits 2.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,8 +14,14 @@ use ringbench_backends::config::{
 };
 use ringbench_backends::{ServerConfig, Variant, DEFAULT_COALESCE_US, SWITCHES};
 
-use crate::client::{self, ClientConfig, Phases, MAX_SIZE_BYTES};
+mod values;
+
+use crate::client::{self, ClientConfig, Phases};
 use crate::matrix::{self, MatrixConfig, Target};
+use values::{
+    parse_buffer_size, parse_buffers, parse_open_fd, parse_positive_ms, parse_positive_secs, parse_rate,
+    parse_secs_or_zero, parse_server, parse_size, parse_target,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "ringbench", version, about = "Is io_uring faster than epoll for a TCP echo server on this machine?")]
@@ -166,6 +172,32 @@ struct ClientArgs {
     /// (AvgTotalDuration stays the time for one round).
     #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
     min_run_s: Option<Duration>,
+    /// threads: a blocking thread per connection (the seed's client); epoll: a few event
+    /// loops, each multiplexing many connections (for open-loop schedules, tail latency,
+    /// and more connections than threads).
+    #[arg(long, value_enum, default_value = "threads")]
+    engine: EngineArg,
+    /// epoll engine: its threads [default: one per CPU this process may use].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
+    /// Open loop: this many requests per second over all connections, each connection on
+    /// its own schedule; latency is also counted from each request's intended send time.
+    #[arg(long, value_name = "REQ/S", value_parser = parse_rate, requires = "duration")]
+    rate: Option<f64>,
+    /// How long to run, instead of --requests: with --rate, the measured window; without,
+    /// a closed loop repeating its requests until then.
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    duration: Option<Duration>,
+    /// With --rate: run this long first without measuring (warm-up).
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs, requires = "rate")]
+    warmup: Option<Duration>,
+    /// A line on stderr every this many seconds: req/s, errors, p99.
+    #[arg(long = "interval-s", value_name = "SECS", value_parser = parse_positive_secs)]
+    interval: Option<Duration>,
+    /// Write the latency percentile spectra (HdrHistogram's layout, as wrk2 -L prints) to
+    /// PREFIX.corrected.hgrm and PREFIX.service.hgrm.
+    #[arg(long, value_name = "PREFIX")]
+    spectrum: Option<PathBuf>,
     /// The first connection number (set by a parent running this as a shard).
     #[arg(long, hide = true, default_value_t = 0)]
     first_thread: usize,
@@ -207,6 +239,23 @@ struct MatrixArgs {
     /// Skip `ringbench probe` before the sweep (env.json then has no probe figures).
     #[arg(long)]
     no_probe: bool,
+    /// Open-loop rates to sweep at each connection count, requests per second over all
+    /// connections (needs --duration): where each server's latency knee is.
+    #[arg(long, value_delimiter = ',', value_name = "REQ/S,...", value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    rates: Vec<u64>,
+    /// The client engine: threads (a thread per connection) or epoll (event loops).
+    #[arg(long, value_enum, default_value = "threads")]
+    engine: EngineArg,
+    /// Each run's measured window with --rates; without, how long each closed-loop run lasts.
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    duration: Option<Duration>,
+    /// With --rates: a warm-up before each measured window.
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    warmup: Option<Duration>,
+    /// A latency objective: summary.md names the highest rate each server held with a
+    /// corrected p99 at or under this many milliseconds.
+    #[arg(long, value_name = "MS", value_parser = parse_positive_ms)]
+    slo_ms: Option<f64>,
     /// Server worker threads [default: one per server CPU].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: Option<u32>,
@@ -278,7 +327,15 @@ pub struct ClientOptions {
     pub cfg: ClientConfig,
     pub out: Option<PathBuf>,
     pub json: Option<PathBuf>,
+    pub spectrum: Option<PathBuf>,
     pub shard_child: bool,
+}
+
+/// The client engines, as the command line names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum EngineArg {
+    Threads,
+    Epoll,
 }
 
 /// Arguments that parse but cannot be used (exit 2).
@@ -357,7 +414,19 @@ impl ClientArgs {
         cfg.source_ips = self.source_ips;
         cfg.processes = self.processes as usize;
         cfg.first_thread = self.first_thread;
-        cfg.min_run = self.min_run_s;
+        cfg.min_run = self.min_run_s.or(self.duration.filter(|_| self.rate.is_none()));
+        cfg.engine = match self.engine {
+            EngineArg::Threads => client::Engine::Threads,
+            EngineArg::Epoll => client::Engine::Epoll,
+        };
+        cfg.threads = self.threads.unwrap_or(0) as usize;
+        if let (Some(rate_rps), Some(duration)) = (self.rate, self.duration) {
+            cfg.open = Some(client::OpenLoop { rate_rps, duration, warmup: self.warmup.unwrap_or_default() });
+        }
+        cfg.interval = self.interval;
+        if self.interval.is_some() {
+            cfg.progress = Some(std::sync::Arc::new(client::Progress::new(16)));
+        }
         if let Some(l) = self.label {
             cfg.label = l;
         }
@@ -366,7 +435,7 @@ impl ClientArgs {
             // to write to; nothing else in this process uses it, so we may own it.
             cfg.phases = Phases::to(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
         }
-        ClientOptions { cfg, out: self.out, json: self.json, shard_child: self.shard_child }
+        ClientOptions { cfg, out: self.out, json: self.json, spectrum: self.spectrum, shard_child: self.shard_child }
     }
 }
 
@@ -401,6 +470,12 @@ impl MatrixArgs {
         } else {
             self.backends.into_iter().map(|v| v.name).collect::<Vec<String>>()
         };
+        if !self.rates.is_empty() && self.duration.is_none() {
+            return Err(UsageError("--rates needs --duration: how long each rate is measured".into()));
+        }
+        if self.warmup.is_some() && self.rates.is_empty() {
+            return Err(UsageError("--warmup goes with --rates (an open loop)".into()));
+        }
         let mut names: Vec<&str> = backends.iter().map(String::as_str).collect();
         if let Some(b) = &self.baseline {
             let known = backends.contains(b) || self.targets.iter().any(|t| &t.name == b);
@@ -432,81 +507,21 @@ impl MatrixArgs {
             ready_timeout_s: self.ready_timeout.as_secs_f64(),
             server_args: self.server_args,
             client_args: self.client_args,
-            min_run_s: self.min_run_s.unwrap_or(if q { 0.0 } else { 1.0 }),
+            min_run_s: self.min_run_s.unwrap_or(if q || self.duration.is_some() { 0.0 } else { 1.0 }),
+            rates: self.rates,
+            engine: match self.engine {
+                EngineArg::Threads => "threads".into(),
+                EngineArg::Epoll => "epoll".into(),
+            },
+            duration_s: self.duration.map(|d| d.as_secs_f64()),
+            warmup_s: self.warmup.map(|d| d.as_secs_f64()),
+            slo_ms: self.slo_ms,
             baseline: self.baseline,
             probe: !self.no_probe,
             targets: self.targets,
             label: self.label.unwrap_or_else(client::default_label),
         })
     }
-}
-
-fn parse_target(s: &str) -> Result<Target, String> {
-    let (name, command) = s.split_once('=').ok_or_else(|| format!("'{s}' is not NAME=COMMAND"))?;
-    let ok_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-    if !ok_name {
-        return Err(format!("target name '{name}' must be letters, digits, '-' or '.'"));
-    }
-    if Variant::parse(name).is_ok() {
-        return Err(format!("target name '{name}' is a backend's name; choose another"));
-    }
-    if !command.contains("{port}") {
-        return Err(format!("the command of target '{name}' must contain {{port}}, where its port goes"));
-    }
-    Ok(Target { name: name.to_string(), command: command.trim().to_string() })
-}
-
-fn parse_open_fd(s: &str) -> Result<i32, String> {
-    let fd: i32 = s.parse().map_err(|_| format!("'{s}' is not a descriptor number"))?;
-    if fd < 3 || !ringbench_backends::sys::is_open(fd) {
-        return Err(format!("descriptor {fd} is not open"));
-    }
-    Ok(fd)
-}
-
-fn parse_server(s: &str) -> Result<SocketAddr, String> {
-    let mut addrs = s.to_socket_addrs().map_err(|e| format!("'{s}' is not HOST:PORT that resolves ({e})"))?;
-    addrs.next().ok_or_else(|| format!("'{s}' resolves to no address"))
-}
-
-fn parse_buffer_size(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if (64..=1_048_576).contains(&n) => Ok(n),
-        _ => Err(format!("'{s}' must be a number of bytes from 64 to 1048576")),
-    }
-}
-
-fn parse_buffers(s: &str) -> Result<u16, String> {
-    match s.parse::<u16>() {
-        Ok(n) if n.is_power_of_two() && n <= 32_768 => Ok(n),
-        _ => Err(format!("'{s}' must be a power of two from 1 to 32768")),
-    }
-}
-
-fn parse_secs_or_zero(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
-        _ => Err(format!("'{s}' must be a number of seconds from 0 to 86400")),
-    }
-}
-
-fn parse_positive_secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if !(v > 0.0 && v.is_finite() && v <= 86_400.0) {
-        return Err(format!("'{s}' must be more than 0 and at most 86400 seconds"));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
-fn parse_size(s: &str) -> Result<usize, String> {
-    let v: usize = s.parse().map_err(|_| format!("'{s}' is not a whole number of bytes"))?;
-    if v == 0 {
-        return Err("must be at least 1 byte".into());
-    }
-    if v > MAX_SIZE_BYTES {
-        return Err(format!("{v} is over the maximum of {MAX_SIZE_BYTES} bytes (64 MiB)"));
-    }
-    Ok(v)
 }
 
 /// Folds clap's multi-line error into one line: the error, the possible values, and a
