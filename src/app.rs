@@ -20,7 +20,7 @@ pub fn main() -> ExitCode {
         Task::Server(o) => run_server(o),
         Task::Client(o) => run_client(o),
         Task::Matrix(cfg) => matrix::run(&cfg),
-        Task::Report { dir, order, baseline } => run_report(&dir, &order, baseline.as_deref()),
+        Task::Report { dir, opts } => run_report(&dir, &opts),
         Task::Probe { server_cpu, client_cpu, json } => run_probe(server_cpu, client_cpu, json),
     };
     match result {
@@ -224,8 +224,8 @@ fn run_probe(
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_report(dir: &std::path::Path, order: &[String], baseline: Option<&str>) -> anyhow::Result<ExitCode> {
-    let built = report::build(dir, order, baseline)?;
+fn run_report(dir: &std::path::Path, opts: &report::Options) -> anyhow::Result<ExitCode> {
+    let built = report::build(dir, opts)?;
     let failed = built.points.iter().filter(|p| !p.ok).count();
     print_out(&dir.join("summary.md").display().to_string())?;
     eprintln!("ringbench report: {} points ({failed} failed) from {}", built.points.len(), dir.join("raw").display());

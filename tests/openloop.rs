@@ -158,3 +158,74 @@ fn the_event_engine_reports_a_wrong_byte_and_a_refused_connection() {
     assert!(!r.ok());
     assert!(r.rows.iter().all(|t| t.error.contains("echo mismatch at byte 0")), "{:?}", r.rows);
 }
+
+/// A rate sweep end to end: each rate is a point with its offered and achieved rate and
+/// its status; the knee and spectrum charts are drawn; the SLO names the highest rate
+/// held; and the spectrum files are in wrk2's layout.
+#[test]
+fn a_rate_sweep_reports_each_rate_its_knee_and_the_highest_rate_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(["matrix", "--connections", "20", "--rates", "1000,3000", "--duration", "0.6", "--warmup", "0.1"])
+        .args(["--engine", "epoll", "--repeats", "2", "--backends", "epoll,uring", "--slo-ms", "1000", "--no-probe"])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let mut r = csv::Reader::from_path(dir.path().join("overall.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    let col = |name: &str| h.iter().position(|x| x == name).unwrap_or_else(|| panic!("no column {name}"));
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    let cells: Vec<(&str, &str)> = rows.iter().map(|r| (&r[0], &r[col("offered_rate_rps")])).collect();
+    assert_eq!(cells, [("epoll", "1000"), ("uring", "1000"), ("epoll", "3000"), ("uring", "3000")]);
+    for row in &rows {
+        let offered: f64 = row[col("offered_rate_rps")].parse().unwrap();
+        let sent: f64 = row[col("achieved_rate_rps")].parse().unwrap();
+        assert_eq!(&row[col("rate_status")], "held", "{err}");
+        assert!((sent - offered).abs() <= 0.05 * offered, "{sent} sent of {offered}");
+        assert!(row[col("corrected_p99_us")].parse::<f64>().unwrap() > 0.0);
+        assert_eq!(&row[col("requests_per_connection")], "n/a", "an open loop has no fixed count");
+        // Paired with the baseline at the same rate, not another rate.
+        let ratio = &row[col("achieved_rate_rps_ratio")];
+        assert!(ratio.parse::<f64>().is_ok_and(|x| (x - 1.0).abs() < 0.05), "{ratio}");
+    }
+    let plots = dir.path().join("plots");
+    for f in [
+        "knee_c20.png",
+        "knee_c20.svg",
+        "spectrum_c20_q1000.png",
+        "spectrum_c20_q3000.png",
+        "corrected_p99_latency.png",
+    ] {
+        assert!(plots.join(f).exists(), "{f}");
+    }
+    let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+    assert!(md.contains("## Highest rate held within p99 ≤ 1000 ms"), "{md}");
+    assert!(md.contains("| 20 | 64 | 3000 req/s | 3000 req/s |"), "{md}");
+    assert!(md.contains("| epoll | 20 | 64 | 3000 | held | Success |"), "{md}");
+    let spectrum =
+        std::fs::read_to_string(dir.path().join("raw/epoll_c20_s64_q3000_r1.spectrum.corrected.hgrm")).unwrap();
+    assert!(spectrum.trim_start().starts_with("Value"), "{spectrum}");
+    assert!(spectrum.contains("#[Mean"), "{spectrum}");
+}
+
+/// 19,000 connections in one client process with the epoll engine, every byte verified.
+#[test]
+#[ignore = "heavy: 19,000 connections"]
+fn nineteen_thousand_connections_fit_in_one_event_engine_process() {
+    let _ = ringbench::backends::sys::raise_nofile_limit();
+    let srv = ServerProc::spawn(&Variant::parse("epoll").unwrap(), &[], None);
+    let mut c = cfg(srv.addr, 19_000, Engine::Epoll);
+    c.requests = 20;
+    c.timeout = Duration::from_secs(60);
+    let r = client::run(&c).unwrap();
+    assert!(r.ok(), "{:?}", r.rows.iter().find(|t| t.errors > 0));
+    assert_eq!(r.summary.requests, 19_000 * 20);
+    assert_eq!(r.summary.bytes, 19_000 * 20 * 64);
+    eprintln!("19,000 connections, one process: {:.0} req/s", r.summary.throughput_rps);
+    let (status, _, rows, _) = srv.terminate();
+    assert!(status.success());
+    assert_eq!(rows.len(), 19_000, "one server row per connection");
+}

@@ -176,7 +176,7 @@ fn png_size(path: &Path) -> (u32, u32) {
 fn hand_made_raw_dir_gives_the_expected_overall_csv() {
     let dir = tempfile::tempdir().unwrap();
     hand_made_sweep(dir.path());
-    let points = report::build(dir.path(), &[], None).unwrap().points;
+    let points = report::build(dir.path(), &report::Options::default()).unwrap().points;
     assert_eq!(points.len(), 2);
     let rows = read_overall(dir.path());
     assert_eq!(rows.len(), 2);
@@ -207,9 +207,12 @@ fn hand_made_raw_dir_gives_the_expected_overall_csv() {
 fn charts_decode_as_png_of_the_right_size_and_come_back_after_deletion() {
     let dir = tempfile::tempdir().unwrap();
     hand_made_sweep(dir.path());
-    report::build(dir.path(), &[], None).unwrap();
+    report::build(dir.path(), &report::Options::default()).unwrap();
     let plots = dir.path().join("plots");
-    let charted: Vec<_> = METRICS.iter().filter_map(|m| m.chart.as_ref()).collect();
+    // A closed-loop sweep has no latency from an intended send: that chart is not drawn.
+    let charted: Vec<_> =
+        METRICS.iter().filter(|m| !m.key.starts_with("corrected_")).filter_map(|m| m.chart.as_ref()).collect();
+    assert!(!plots.join("corrected_p99_latency.png").exists(), "a chart of nothing");
     for c in &charted {
         assert_eq!(png_size(&plots.join(format!("{}.png", c.file))), (charts::WIDTH_PX, charts::HEIGHT_PX));
     }
@@ -226,7 +229,9 @@ fn charts_decode_as_png_of_the_right_size_and_come_back_after_deletion() {
     let files: Vec<String> =
         std::fs::read_dir(&plots).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     let pngs: Vec<&String> = files.iter().filter(|f| f.ends_with(".png")).collect();
-    assert_eq!(pngs.len(), charted.len() + ratios, "{files:?}");
+    // ... and one latency spectrum per connection count (2 here).
+    assert_eq!(png_size(&plots.join("spectrum_c2.png")), (charts::WIDTH_PX, charts::HEIGHT_PX));
+    assert_eq!(pngs.len(), charted.len() + ratios + 1, "{files:?}");
     for png in pngs {
         let svg = png.replace(".png", ".svg");
         let text = std::fs::read_to_string(plots.join(&svg)).unwrap_or_else(|_| panic!("no {svg} beside {png}"));
@@ -248,7 +253,7 @@ fn client_files_from_two_hosts_merge_into_one_point() {
     write_client(&raw, "epoll_c2_s64_r1", "a", &[row(0, "a", 10, 1.0, 0.0001, 0)], 10.0, &[100_000; 10]);
     write_client(&raw, "epoll_c2_s64_r1", "b", &[row(1, "b", 10, 3.0, 0.0003, 0)], 30.0, &[300_000; 10]);
     write_server(&raw, "epoll_c2_s64_r1", "epoll", 2, 0.002, 40, 2);
-    let points = report::build(dir.path(), &[], None).unwrap().points;
+    let points = report::build(dir.path(), &report::Options::default()).unwrap().points;
     assert_eq!(points.len(), 1);
     let p = &points[0];
     assert!(p.ok, "{:?}", p.problems);

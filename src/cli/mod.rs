@@ -306,6 +306,10 @@ struct ReportArgs {
     /// The server every other is compared with [default: as the sweep chose].
     #[arg(long, value_name = "NAME")]
     baseline: Option<String>,
+    /// Name the highest offered rate each server held with corrected p99 ≤ MS
+    /// [default: the sweep's --slo-ms].
+    #[arg(long, value_name = "MS", value_parser = parse_positive_ms)]
+    slo_ms: Option<f64>,
 }
 
 /// What to run, with every option validated.
@@ -313,7 +317,7 @@ pub enum Task {
     Server(ServerOptions),
     Client(ClientOptions),
     Matrix(MatrixConfig),
-    Report { dir: PathBuf, order: Vec<String>, baseline: Option<String> },
+    Report { dir: PathBuf, opts: crate::report::Options },
     Probe { server_cpu: Option<usize>, client_cpu: Option<usize>, json: Option<PathBuf> },
 }
 
@@ -372,7 +376,10 @@ fn task(c: Command) -> Result<Task, UsageError> {
         Command::Server(a) => Task::Server(a.into_options()),
         Command::Client(a) => Task::Client(a.into_options()),
         Command::Matrix(a) => Task::Matrix(a.into_config()?),
-        Command::Report(a) => Task::Report { dir: a.dir, order: a.backends, baseline: a.baseline },
+        Command::Report(a) => Task::Report {
+            dir: a.dir,
+            opts: crate::report::Options { order: a.backends, baseline: a.baseline, slo_ms: a.slo_ms },
+        },
         Command::Probe(a) => {
             let (server, client) = matrix::default_pinning();
             Task::Probe {

@@ -232,7 +232,8 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     let stopped_early = run_plan(&ctx, &plan);
     eprintln!("ringbench matrix: runs took {:.0} s; building the report", t0.elapsed().as_secs_f64());
     let order = cfg.order();
-    let built = report::build(&cfg.out, &order, order.first().map(String::as_str))?;
+    let opts = report::Options { baseline: order.first().cloned(), order, slo_ms: cfg.slo_ms };
+    let built = report::build(&cfg.out, &opts)?;
     if let Some(why) = &built.charts_failed {
         eprintln!("ringbench matrix: charts not drawn: {why}");
     }

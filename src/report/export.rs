@@ -1,6 +1,6 @@
-//! The sweep as tables: `overall.csv` (one row per server × connections × size: the
-//! seed's "Overall" columns, then every metric with its spread and its ratio to the
-//! baseline) and `overall.json`. The columns come from the metric table.
+//! The sweep as tables: `overall.csv` (one row per server × connections × size × offered
+//! rate: the seed's "Overall" columns, then every metric with its spread and its ratio to
+//! the baseline) and `overall.json`. The columns come from the metric table.
 
 use std::path::Path;
 
@@ -20,7 +20,7 @@ const IDENTITY: [&str; 7] = [
     "total_data_bytes",
 ];
 /// After the headline metrics.
-const COUNTS: [&str; 4] = ["errors", "repeats", "size_bytes", "baseline"];
+const COUNTS: [&str; 6] = ["errors", "repeats", "size_bytes", "baseline", "offered_rate_rps", "rate_status"];
 
 /// One cell of the overall table.
 enum Cell {
@@ -60,9 +60,9 @@ fn num(s: Option<&Spread>, m: &Metric, f: fn(&Spread) -> f64) -> Cell {
     s.map_or(Cell::NotApplicable, |s| Cell::Num(round(f(s), m.digits)))
 }
 
-/// The point of `base` that `p` is compared with (same connections and size).
+/// The point of `base` that `p` is compared with (same connections, size and rate).
 pub fn baseline_of<'a>(points: &'a [Point], p: &Point, base: &str) -> Option<&'a Point> {
-    points.iter().find(|q| q.backend == base && q.connections == p.connections && q.size_bytes == p.size_bytes)
+    points.iter().find(|q| q.backend == base && q.same_place(p))
 }
 
 /// `p`'s figure `m` against the baseline's, paired by repeat.
@@ -87,14 +87,16 @@ fn overall(points: &[Point], base: &str) -> (Vec<String>, Vec<Vec<Cell>>) {
         .iter()
         .map(|p| {
             let total_requests = p.connections as u64 * p.requests_per_connection;
+            // An open loop has no fixed count per connection: its schedule decides.
+            let closed = |n: u64| if p.rate.is_some() { Cell::NotApplicable } else { Cell::Int(n) };
             let mut row = vec![
                 Cell::Text(p.backend.clone()),
                 Cell::Int(p.connections as u64),
                 Cell::Text(if p.ok { "Success" } else { "Fail" }.into()),
-                Cell::Int(p.requests_per_connection),
-                Cell::Int(p.requests_per_connection * p.size_bytes as u64),
-                Cell::Int(total_requests),
-                Cell::Int(total_requests * p.size_bytes as u64),
+                closed(p.requests_per_connection),
+                closed(p.requests_per_connection * p.size_bytes as u64),
+                closed(total_requests),
+                closed(total_requests * p.size_bytes as u64),
             ];
             row.extend(headline.clone().map(|m| num(p.get(m), m, |s| s.mean)));
             row.extend([
@@ -102,6 +104,8 @@ fn overall(points: &[Point], base: &str) -> (Vec<String>, Vec<Vec<Cell>>) {
                 Cell::Int(p.repeats as u64),
                 Cell::Int(p.size_bytes as u64),
                 Cell::Text(base.to_string()),
+                p.rate.map_or(Cell::NotApplicable, Cell::Int),
+                p.rate_status.clone().map_or(Cell::NotApplicable, Cell::Text),
             ]);
             row.extend(others.clone().map(|m| num(p.get(m), m, |s| s.mean)));
             for m in METRICS {

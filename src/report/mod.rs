@@ -29,12 +29,22 @@ pub struct Built {
     pub charts_failed: Option<String>,
 }
 
+/// How a report is laid out; every field defaults to what the sweep recorded.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Server order (empty: as the sweep recorded it in env.json, else epoll first, then
+    /// alphabetical).
+    pub order: Vec<String>,
+    /// The server every other is compared with (`None`: as the sweep chose, else epoll,
+    /// else the first). The baseline comes first.
+    pub baseline: Option<String>,
+    /// The latency objective for "highest rate held" (`None`: the sweep's `--slo-ms`).
+    pub slo_ms: Option<f64>,
+}
+
 /// Rebuilds `overall.csv`, `overall.json`, `summary.md` and `plots/` in `dir` from
-/// `dir/raw`. `order` gives the server order (empty: as the sweep recorded it in
-/// env.json, else epoll first, then alphabetical); `baseline` the server every other is
-/// compared with (`None`: as the sweep chose, else epoll, else the first). The baseline
-/// comes first.
-pub fn build(dir: &Path, order: &[String], baseline: Option<&str>) -> anyhow::Result<Built> {
+/// `dir/raw`.
+pub fn build(dir: &Path, opts: &Options) -> anyhow::Result<Built> {
     let runs = load::load_runs(&dir.join("raw"))?;
     anyhow::ensure!(
         !runs.is_empty(),
@@ -47,7 +57,8 @@ pub fn build(dir: &Path, order: &[String], baseline: Option<&str>) -> anyhow::Re
         n.dedup();
         n
     };
-    let order = context::order(&env, order, baseline, &present)?;
+    let order = context::order(&env, &opts.order, opts.baseline.as_deref(), &present)?;
+    let slo_ms = opts.slo_ms.or_else(|| env.pointer("/settings/slo_ms").and_then(|v| v.as_f64()));
     let pts = points::points(&runs, &order);
     // Data first: a chart that fails to render loses nothing.
     export::write_overall_csv(&dir.join("overall.csv"), &pts, &order[0])?;
@@ -56,6 +67,6 @@ pub fn build(dir: &Path, order: &[String], baseline: Option<&str>) -> anyhow::Re
         Ok(c) => (c, None),
         Err(e) => (Vec::new(), Some(format!("{e:#}"))),
     };
-    summary::write_summary_md(&dir.join("summary.md"), &pts, &order, &charts, &env)?;
+    summary::write_summary_md(&dir.join("summary.md"), &pts, &order, &charts, &env, slo_ms)?;
     Ok(Built { points: pts, charts_failed })
 }

@@ -196,6 +196,17 @@ pub struct Point {
 }
 
 impl Point {
+    /// Whether `o` is at the same place in the sweep (connections, size, rate), so the
+    /// two compare.
+    pub fn same_place(&self, o: &Point) -> bool {
+        self.connections == o.connections && self.size_bytes == o.size_bytes && self.rate == o.rate
+    }
+
+    /// The point held its open-loop rate (a closed loop always "holds").
+    pub fn held(&self) -> bool {
+        self.rate_status.as_deref().is_none_or(|s| s == "held")
+    }
+
     /// The point's spread of `m`, if it has one.
     pub fn get(&self, m: &Metric) -> Option<&Spread> {
         self.values.get(index(m)).and_then(Option::as_ref)

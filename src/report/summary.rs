@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::charts::Chart;
+use super::charts::{charted, Chart, Kind};
 use super::context::{caption, costs_line, probe_ns};
 use super::export::ratio;
 use super::metrics::{metric, Metric, METRICS};
@@ -23,6 +23,7 @@ pub fn write_summary_md(
     order: &[String],
     charts: &[Chart],
     env: &serde_json::Value,
+    slo_ms: Option<f64>,
 ) -> anyhow::Result<()> {
     let mut md = String::new();
     let _ = writeln!(md, "# ringbench: {}\n", order.join(" vs "));
@@ -31,6 +32,7 @@ pub fn write_summary_md(
         let _ = writeln!(md, "_{line}_\n");
     }
     answer_section(&mut md, points, order);
+    slo_section(&mut md, points, order, slo_ms);
     why_section(&mut md, points, order, env);
     machine_section(&mut md, env);
     overall_section(&mut md, points);
@@ -40,11 +42,17 @@ pub fn write_summary_md(
         let _ = writeln!(md, "![{}](plots/{})\n", c.title, c.file);
         let _ = writeln!(md, "{}\n", c.note);
     }
-    let expected = METRICS.iter().filter(|m| m.chart.is_some()).count() * sizes(points).len();
+    let expected: usize = sizes(points)
+        .iter()
+        .map(|&size| {
+            let pts: Vec<&Point> = points.iter().filter(|p| p.size_bytes == size).collect();
+            charted(&pts).count()
+        })
+        .sum();
     if charts.is_empty() {
         let _ = writeln!(md, "(no charts: see the message printed by the run; the data above is complete)\n");
     }
-    let drawn = charts.iter().filter(|c| !c.ratio).count();
+    let drawn = charts.iter().filter(|c| c.kind == Kind::Bars).count();
     let _ = writeln!(md, "Charts drawn: {drawn} of {expected}, and {} of ratios.", charts.len() - drawn);
     files::write_whole(path, md.as_bytes())
 }
@@ -57,19 +65,101 @@ fn answer_section(md: &mut String, points: &[Point], order: &[String]) {
     }
     let _ = writeln!(md, "## The answer, point by point\n");
     let _ = writeln!(md, "{HOW_TO_READ} Lower is better for every column but req/s.\n");
-    let cols: Vec<&Metric> = METRICS.iter().filter(|m| m.chart.is_some()).collect();
+    let all: Vec<&Point> = points.iter().collect();
+    let cols: Vec<&Metric> = charted(&all).collect();
     let heads: Vec<&str> = cols.iter().map(|m| m.table.map_or(m.key, |t| t.0)).collect();
+    let place = Place::of(points);
     for server in order.iter().skip(1) {
         let _ = writeln!(md, "### {server} ÷ {base}\n");
-        let _ = writeln!(md, "| conns | size B | {} |", heads.join(" | "));
-        let _ = writeln!(md, "|---:|---:|{}", "---|".repeat(cols.len()));
+        let _ = writeln!(md, "| {} | {} |", place.heads(), heads.join(" | "));
+        let _ = writeln!(md, "|{}{}", place.rule(), "---|".repeat(cols.len()));
         for p in points.iter().filter(|p| &p.backend == server) {
             let cells: Vec<String> =
                 cols.iter().map(|m| ratio(points, p, m, base).map_or("n/a".into(), |r| r.cell())).collect();
-            let _ = writeln!(md, "| {} | {} | {} |", p.connections, p.size_bytes, cells.join(" | "));
+            let _ = writeln!(md, "| {} | {} |", place.cells(p), cells.join(" | "));
         }
         let _ = writeln!(md);
     }
+}
+
+/// The columns that say where a point is: connections and size, and the offered rate
+/// with whether it held when the sweep has rates.
+struct Place {
+    open: bool,
+}
+
+impl Place {
+    fn of(points: &[Point]) -> Place {
+        Place { open: points.iter().any(|p| p.rate.is_some()) }
+    }
+
+    fn heads(&self) -> &'static str {
+        if self.open {
+            "conns | size B | offered req/s | rate"
+        } else {
+            "conns | size B"
+        }
+    }
+
+    fn rule(&self) -> &'static str {
+        if self.open {
+            "---:|---:|---:|---|"
+        } else {
+            "---:|---:|"
+        }
+    }
+
+    fn cells(&self, p: &Point) -> String {
+        match (self.open, p.rate) {
+            (true, Some(r)) => {
+                format!("{} | {} | {r} | {}", p.connections, p.size_bytes, p.rate_status.as_deref().unwrap_or("n/a"))
+            }
+            (true, None) => format!("{} | {} | closed loop | —", p.connections, p.size_bytes),
+            (false, _) => format!("{} | {}", p.connections, p.size_bytes),
+        }
+    }
+}
+
+/// With an SLO and an open-loop sweep: the highest offered rate each server held (it sent
+/// at least 95 % of it, every byte verified) with its corrected p99 within the SLO, at
+/// each connection count and size.
+fn slo_section(md: &mut String, points: &[Point], order: &[String], slo_ms: Option<f64>) {
+    let (Some(slo_ms), Some(p99)) = (slo_ms, metric("corrected_p99_us")) else { return };
+    let open: Vec<&Point> = points.iter().filter(|p| p.rate.is_some()).collect();
+    if open.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Highest rate held within p99 ≤ {slo_ms} ms\n");
+    let _ = writeln!(
+        md,
+        "The highest offered rate at which the server held the rate (sent at least 95 % of it, every byte \
+         verified) and its p99 latency from the intended send — the mean over repeats — stayed within \
+         {slo_ms} ms. \"none\": not even the lowest rate swept.\n"
+    );
+    let mut places: Vec<(usize, usize)> = open.iter().map(|p| (p.size_bytes, p.connections)).collect();
+    places.sort_unstable();
+    places.dedup();
+    let servers: Vec<&String> = order.iter().filter(|b| open.iter().any(|p| &&p.backend == b)).collect();
+    let names: Vec<&str> = servers.iter().map(|s| s.as_str()).collect();
+    let _ = writeln!(md, "| conns | size B | {} |", names.join(" | "));
+    let _ = writeln!(md, "|---:|---:|{}", "---:|".repeat(servers.len()));
+    for (size, conns) in places {
+        let cells: Vec<String> = servers
+            .iter()
+            .map(|b| {
+                let mut held: Vec<u64> = open
+                    .iter()
+                    .filter(|p| &&p.backend == b && p.size_bytes == size && p.connections == conns)
+                    .filter(|p| p.ok && p.held() && p.get(p99).is_some_and(|s| s.mean <= slo_ms * 1e3))
+                    .filter_map(|p| p.rate)
+                    .collect();
+                held.sort_unstable();
+                held.last().map_or("none".into(), |r| format!("{r} req/s"))
+            })
+            .collect();
+        let _ = writeln!(md, "| {conns} | {size} | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(md);
 }
 
 /// How much of each server's CPU difference from the baseline its syscall count explains:
@@ -171,17 +261,30 @@ fn machine_section(md: &mut String, env: &serde_json::Value) {
 
 fn overall_section(md: &mut String, points: &[Point]) {
     let _ = writeln!(md, "## Overall\n");
+    let place = Place::of(points);
+    let model = if place.open {
+        "Latency at an offered rate is open-loop: each connection sends on its own schedule, one request in \
+         flight; \"corrected\" counts from each request's intended send time (coordinated omission \
+         corrected), the other latencies from its actual send. Closed-loop latency is one full round trip."
+    } else {
+        "Latency is closed-loop: each connection has one request in flight; each latency is one full round trip."
+    };
     let _ = writeln!(
         md,
-        "Latency is closed-loop: each connection has one request in flight, and every echoed byte is verified.\n\
+        "{model} Every echoed byte is verified.\n\
          CPU is the server process's, sampled over the measured phase; syscalls are the server's own count \
          (perf's for external servers), per verified request. Each figure is the mean ± standard deviation \
          over repeats; n/a: not measured for this server.\n"
     );
-    let cols: Vec<(&Metric, &str, usize)> = METRICS.iter().filter_map(|m| m.table.map(|(h, d)| (m, h, d))).collect();
+    // Columns no point has a value of (open-loop figures in a closed-loop sweep) are left out.
+    let cols: Vec<(&Metric, &str, usize)> = METRICS
+        .iter()
+        .filter(|m| points.iter().any(|p| p.get(m).is_some()))
+        .filter_map(|m| m.table.map(|(h, d)| (m, h, d)))
+        .collect();
     let headers: Vec<&str> = cols.iter().map(|c| c.1).collect();
-    let _ = writeln!(md, "| server | conns | size B | status | {} | errors | repeats |", headers.join(" | "));
-    let _ = writeln!(md, "|---|---:|---:|---|{}---:|---:|", "---:|".repeat(cols.len()));
+    let _ = writeln!(md, "| server | {} | status | {} | errors | repeats |", place.heads(), headers.join(" | "));
+    let _ = writeln!(md, "|---|{}---|{}---:|---:|", place.rule(), "---:|".repeat(cols.len()));
     for p in points {
         let cells: Vec<String> = cols
             .iter()
@@ -191,10 +294,9 @@ fn overall_section(md: &mut String, points: &[Point]) {
             .collect();
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             p.backend,
-            p.connections,
-            p.size_bytes,
+            place.cells(p),
             if p.ok { "Success" } else { "Fail" },
             cells.join(" | "),
             p.errors,
@@ -205,7 +307,8 @@ fn overall_section(md: &mut String, points: &[Point]) {
     if !failed.is_empty() {
         let _ = writeln!(md, "\n### Failed points\n");
         for p in failed {
-            let _ = writeln!(md, "- {} at {} connections: {}", p.backend, p.connections, p.problems.join("; "));
+            let at = p.rate.map_or(String::new(), |r| format!(", {r} req/s offered"));
+            let _ = writeln!(md, "- {} at {} connections{at}: {}", p.backend, p.connections, p.problems.join("; "));
         }
     }
 }
