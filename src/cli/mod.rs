@@ -36,7 +36,8 @@ enum Command {
     Server(ServerArgs),
     /// Run the verifying load client against a server.
     Client(ClientArgs),
-    /// Sweep backends × connections (× sizes), repeated, and build the report and charts.
+    /// Sweep servers × connections (× sizes × offered rates), repeated and interleaved, and
+    /// build the report and charts.
     Matrix(MatrixArgs),
     /// Rebuild overall.csv, summary.md and plots/ of a sweep directory from its raw/ files.
     Report(ReportArgs),
@@ -140,7 +141,7 @@ struct ClientArgs {
     /// The echo server to load: HOST:PORT (a name is resolved once, at start).
     #[arg(long, default_value = "127.0.0.1:8000", value_parser = parse_server)]
     server: SocketAddr,
-    /// Concurrent connections, one thread each.
+    /// Concurrent connections (a thread each with --engine threads).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     connections: u64,
     /// Requests per connection.

@@ -201,7 +201,13 @@ pub fn one(ctx: &Ctx<'_>, p: &Planned) -> anyhow::Result<Outcome> {
     let summary: Option<ClientSummary> =
         std::fs::read_to_string(file(&format!("client-{label}.json"))).ok().and_then(|s| serde_json::from_str(&s).ok());
     let text = match summary {
-        Some(s) => format!("{:.0} req/s, p99 {:.0} µs, {} errors", s.throughput_rps, s.latency_p99_us, s.errors),
+        Some(s) => match (s.achieved_rate_rps, s.rate_status.as_deref()) {
+            (Some(sent), Some(status)) => format!(
+                "{sent:.0} req/s sent ({status}), corrected p99 {:.0} µs, {} errors",
+                s.corrected.p99_us, s.errors
+            ),
+            _ => format!("{:.0} req/s, p99 {:.0} µs, {} errors", s.throughput_rps, s.latency_p99_us, s.errors),
+        },
         None => format!("no client summary {}", client_err.lines().next().unwrap_or("")),
     };
     Ok(Outcome::Done(if notes.is_empty() { text } else { format!("{text} ({})", notes.join("; ")) }))
