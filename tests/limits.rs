@@ -327,6 +327,11 @@ backend_suite!([epoll, uring, uring_no_bufring, threads] {
         many_connections(&backend, 3000, 5);
     }
 
+    #[ignore = "heavy: 4000 connections x 100 requests"]
+    fn serves_4000_connections_x100_byte_exact(backend) {
+        many_connections(&backend, 4000, 100);
+    }
+
     #[ignore = "heavy: 19,000 connections"]
     fn serves_19000_connections_byte_exact(backend) {
         many_connections(&backend, 19_000, 20);

@@ -1,5 +1,5 @@
-//! Charts drawn with plotters, as PNG and SVG: [`bars`] (each charted metric by
-//! connections, and each server's ratio to the baseline) and [`lines`] (latency against
+//! Charts drawn with plotters, as PNG and SVG: `bars` (each charted metric by
+//! connections, and each server's ratio to the baseline) and `lines` (latency against
 //! offered rate — the knee — and latency spectra). Every chart has the same frame: title,
 //! subtitle, legend, and a caption naming the machine.
 //!
