@@ -7,12 +7,15 @@
 //! being read: TCP flow control bounds memory, as in the other backends.
 //!
 //! The same contract as the others: one row per connection, syscalls counted by kind
-//! (`clone3` once per connection thread — the dozen more a thread's creation and exit cost
+//! (`clone3` once per connection thread — the few more a thread's creation and exit cost
 //! inside the C library are not seen here; `perf` counts them), `--idle-timeout` (socket
 //! receive and send timeouts), `--max-conns`. At a stop every connection is `shutdown()`,
-//! which wakes its blocked thread. A thread that cannot be created (vm.max_map_count,
-//! memory, threads-max, a pids cgroup) turns its connection away with a `rejected` row,
-//! reported once per episode; `--max-threads` caps the threads on purpose.
+//! which wakes its blocked thread; a busy thread sees the stop after its echo and ends
+//! itself. A thread or read buffer that cannot be had (vm.max_map_count, memory,
+//! threads-max, a pids cgroup) turns its connection away with a `rejected` row, reported
+//! once per episode; `--max-threads` caps the threads on purpose. Threads are plain
+//! pthreads (see `sys::spawn_detached`): two maps each, so the default vm.max_map_count
+//! of 65,530 allows about 32,000 — more than one process's descriptors.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -205,12 +208,12 @@ fn start_thread(shared: &Arc<Shared>, live: &Arc<Live>, nc: NewConn, book: &mut 
             io::ErrorKind::WouldBlock,
             format!("--max-threads {max} connection threads are running"),
         )),
-        _ => {
+        _ => read_buffer().and_then(|buf| {
             live.fill(slot, Arc::clone(&conn));
             book.stats.syscalls.count(Sys::Clone);
             let (sh, lv, c) = (Arc::clone(shared), Arc::clone(live), Arc::clone(&conn));
-            std::thread::Builder::new().stack_size(STACK_BYTES).spawn(move || conn_thread(&sh, &lv, &c)).map(drop)
-        }
+            sys::spawn_detached(STACK_BYTES, Box::new(move || conn_thread(&sh, &lv, &c, buf)))
+        }),
     };
     match refused {
         Ok(()) => {
@@ -230,11 +233,22 @@ fn start_thread(shared: &Arc<Shared>, live: &Arc<Live>, nc: NewConn, book: &mut 
     }
 }
 
+/// A connection's read buffer, allocated by the acceptor so that running out of memory
+/// turns the connection away with a row instead of aborting the process (a failed
+/// allocation inside the thread could not be answered).
+fn read_buffer() -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(READ_BUF_BYTES)
+        .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, format!("read buffer: {e}")))?;
+    buf.resize(READ_BUF_BYTES, 0);
+    Ok(buf)
+}
+
 /// A connection's thread: echo until the client closes, an error, the idle timeout or a
 /// stop; then its row, its counters, and its slot back.
-fn conn_thread(shared: &Shared, live: &Live, conn: &Conn) {
+fn conn_thread(shared: &Shared, live: &Live, conn: &Conn, buf: Vec<u8>) {
     let mut book = ThreadBook::new(conn.slot);
-    let reason = echo(shared, conn, &mut book.stats.syscalls);
+    let reason = echo(shared, conn, buf, &mut book.stats.syscalls);
     let reason = if conn.stopped.load(Ordering::Acquire) { CloseReason::Shutdown } else { reason };
     conn.book_once(&mut book, shared, reason, true);
     // The descriptor closes when the acceptor's handle goes too (now, or at its stop).
@@ -244,7 +258,7 @@ fn conn_thread(shared: &Shared, live: &Live, conn: &Conn) {
 }
 
 /// Reads and echoes until the connection ends; returns why.
-fn echo(shared: &Shared, conn: &Conn, sc: &mut Syscalls) -> CloseReason {
+fn echo(shared: &Shared, conn: &Conn, mut buf: Vec<u8>, sc: &mut Syscalls) -> CloseReason {
     if let Some(idle) = shared.cfg.idle_timeout {
         // A read or write that waits this long returns EAGAIN: the connection was idle.
         sc.count(Sys::Setsockopt);
@@ -253,7 +267,6 @@ fn echo(shared: &Shared, conn: &Conn, sc: &mut Syscalls) -> CloseReason {
             return CloseReason::from_error(&e);
         }
     }
-    let mut buf = vec![0u8; READ_BUF_BYTES];
     loop {
         match sc.read(conn.fd.as_fd(), &mut buf) {
             Ok(0) => return CloseReason::Eof,
@@ -261,6 +274,12 @@ fn echo(shared: &Shared, conn: &Conn, sc: &mut Syscalls) -> CloseReason {
                 conn.meter().on_read(n, Instant::now());
                 if let Err(r) = write_all(conn, &buf[..n], sc) {
                     return r;
+                }
+                // A busy thread stops itself: under thousands of runnable threads the
+                // acceptor's shutdown() of each socket would reach this one only after
+                // waiting its turn behind all the others (minutes at 4000 clients).
+                if shared.stop.is_set() {
+                    return CloseReason::Shutdown;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

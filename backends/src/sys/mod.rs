@@ -7,9 +7,11 @@
 
 mod count;
 mod epoll;
+mod thread;
 
 pub use count::{Sys, Syscalls};
 pub use epoll::{Epoll, Event, Events, Interest, Token};
+pub use thread::spawn_detached;
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
