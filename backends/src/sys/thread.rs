@@ -81,7 +81,7 @@ mod tests {
             64 * 1024,
             Box::new(move || {
                 let _keep = tx;
-                panic!("on purpose");
+                panic!("on purpose: this test checks that a panic stays in its thread");
             }),
         )
         .unwrap();
