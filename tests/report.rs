@@ -410,3 +410,36 @@ fn a_sweep_whose_disk_fills_up_names_the_file_and_leaves_nothing_half_written() 
         }
     }
 }
+
+/// The reference run in `plots/` is rebuilt from its committed raw files and env.json
+/// alone: the same overall.csv, overall.json and summary.md, and the same charts, byte for
+/// byte. A change to aggregation, statistics or drawing that moves the published answer
+/// fails here; regenerate with `ringbench report plots` and say why in the commit.
+#[test]
+fn the_committed_reference_run_rebuilds_byte_for_byte_from_its_raw_files() {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("plots");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("raw")).unwrap();
+    for e in std::fs::read_dir(reference.join("raw")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join("raw").join(e.file_name())).unwrap();
+    }
+    std::fs::copy(reference.join("env.json"), dir.path().join("env.json")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbench")).arg("report").arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut compared = 0;
+    for name in ["overall.csv", "overall.json", "summary.md"] {
+        let want = std::fs::read(reference.join(name)).unwrap();
+        assert!(std::fs::read(dir.path().join(name)).unwrap() == want, "{name} differs from the committed one");
+        compared += 1;
+    }
+    for e in std::fs::read_dir(reference.join("plots")).unwrap() {
+        let name = e.unwrap().file_name();
+        let got = std::fs::read(dir.path().join("plots").join(&name))
+            .unwrap_or_else(|e| panic!("{} was not drawn: {e}", name.to_string_lossy()));
+        assert!(got == std::fs::read(reference.join("plots").join(&name)).unwrap(), "{name:?} differs");
+        compared += 1;
+    }
+    let drawn = std::fs::read_dir(dir.path().join("plots")).unwrap().count();
+    assert_eq!(drawn + 3, compared, "charts drawn that the reference does not have");
+}
