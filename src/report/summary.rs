@@ -189,15 +189,11 @@ fn why_section(md: &mut String, points: &[Point], order: &[String], env: &serde_
                 let saved_sys = b.get(sys)?.mean - p.get(sys)?.mean;
                 let saved_cpu_us = b.get(cpu)?.mean - p.get(cpu)?.mean;
                 let predicted_us = saved_sys * syscall_ns / 1e3;
-                let share = if saved_cpu_us.abs() > 1e-9 {
-                    format!("{:.0} %", 100.0 * predicted_us / saved_cpu_us)
-                } else {
-                    "—".into()
-                };
-                Some(format!(
-                    "| {} | {saved_sys:.3} | {predicted_us:.2} | {saved_cpu_us:.2} | {share} |",
-                    p.connections
-                ))
+                let cpu_ratio = ratio(points, p, cpu, base);
+                let share = explained(predicted_us, saved_cpu_us, cpu_ratio.is_some_and(|r| r.significant()));
+                let measured =
+                    cpu_ratio.map_or(format!("{saved_cpu_us:.2}"), |r| format!("{saved_cpu_us:.2} ({})", r.cell()));
+                Some(format!("| {} | {saved_sys:.3} | {predicted_us:.2} | {measured} | {share} |", p.connections))
             })
             .collect();
         if rows.is_empty() {
@@ -206,13 +202,26 @@ fn why_section(md: &mut String, points: &[Point], order: &[String], env: &serde_
         let _ = writeln!(md, "### {server} against {base}\n");
         let _ = writeln!(
             md,
-            "| conns | syscalls saved per request | × {syscall_ns:.0} ns = µs predicted | CPU µs saved per request (measured) | explained by syscalls |"
+            "| conns | syscalls saved per request | × {syscall_ns:.0} ns = µs predicted | CPU µs saved per request, measured (÷ {base} [95 % CI]) | explained by syscalls |"
         );
         let _ = writeln!(md, "|---:|---:|---:|---:|---:|");
         for r in rows {
             let _ = writeln!(md, "{r}");
         }
         let _ = writeln!(md);
+    }
+}
+
+/// The share of a measured CPU saving that the syscalls saved would account for — only
+/// where there is a difference to explain: the CPU ratio's interval leaves out 1 and the
+/// two go the same way. Otherwise a share would be a ratio of noise.
+fn explained(predicted_us: f64, saved_cpu_us: f64, significant: bool) -> String {
+    if !significant {
+        "— (no significant CPU difference)".into()
+    } else if predicted_us * saved_cpu_us <= 0.0 {
+        "— (the CPU difference goes the other way: not syscalls)".into()
+    } else {
+        format!("{:.0} %", 100.0 * predicted_us / saved_cpu_us)
     }
 }
 
