@@ -38,7 +38,7 @@ enum Command {
     Client(ClientArgs),
     /// Sweep servers × connections (× sizes × offered rates), repeated and interleaved, and
     /// build the report and charts.
-    Matrix(MatrixArgs),
+    Matrix(Box<MatrixArgs>),
     /// Rebuild overall.csv, summary.md and plots/ of a sweep directory from its raw/ files.
     Report(ReportArgs),
     /// Measure the costs that decide the answer here: a syscall, epoll_wait, loopback TCP,
@@ -295,6 +295,24 @@ struct MatrixArgs {
     /// group, pinned like the backends; it is ready once the port accepts a connection.
     #[arg(long = "target", value_name = "NAME=COMMAND", value_parser = parse_target)]
     targets: Vec<Target>,
+    /// Where the clients run, the connections split evenly: local, netns:NAME[:rate=100mbit]
+    /// (a namespace over a veth link, addresses from 198.18.0.0/15; needs root), or
+    /// ssh:[user@]host; e.g. netns:a,netns:b:rate=100mbit [default: local].
+    #[arg(long, value_name = "SPEC,SPEC,...", value_parser = parse_hosts)]
+    client_hosts: Option<HostList>,
+    /// Put the server in a namespace of its own too, so both ends leave loopback (netns
+    /// client hosts only).
+    #[arg(long)]
+    server_netns: bool,
+    /// What runs a client on an ssh host, words split on spaces (a stand-in for tests).
+    #[arg(long, default_value = "ssh", value_name = "COMMAND")]
+    ssh_command: String,
+    /// The ringbench binary on ssh hosts.
+    #[arg(long, default_value = "ringbench", value_name = "PATH")]
+    remote_ringbench: String,
+    /// The address the server binds to for ssh hosts: one of this machine's they can reach.
+    #[arg(long, value_name = "ADDR")]
+    server_bind: Option<std::net::IpAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -376,7 +394,7 @@ fn task(c: Command) -> Result<Task, UsageError> {
     Ok(match c {
         Command::Server(a) => Task::Server(a.into_options()),
         Command::Client(a) => Task::Client(a.into_options()),
-        Command::Matrix(a) => Task::Matrix(a.into_config()?),
+        Command::Matrix(a) => Task::Matrix((*a).into_config()?),
         Command::Report(a) => Task::Report {
             dir: a.dir,
             opts: crate::report::Options { order: a.backends, baseline: a.baseline, slo_ms: a.slo_ms },
@@ -528,8 +546,21 @@ impl MatrixArgs {
             probe: !self.no_probe,
             targets: self.targets,
             label: self.label.unwrap_or_else(client::default_label),
+            client_hosts: self.client_hosts.map_or_else(|| vec![crate::hosts::HostSpec::Local], |h| h.0),
+            server_netns: self.server_netns,
+            ssh_command: self.ssh_command.split_whitespace().map(String::from).collect(),
+            remote_ringbench: self.remote_ringbench,
+            server_bind: self.server_bind,
         })
     }
+}
+
+/// `--client-hosts`, parsed whole (one value, not one per comma).
+#[derive(Clone, Debug)]
+struct HostList(Vec<crate::hosts::HostSpec>);
+
+fn parse_hosts(s: &str) -> Result<HostList, String> {
+    crate::hosts::parse_list(s).map(HostList)
 }
 
 /// Folds clap's multi-line error into one line: the error, the possible values, and a

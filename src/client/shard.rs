@@ -107,6 +107,45 @@ impl Shard {
         matches!(self.out.read_line(&mut line), Ok(n) if n > 0) && line.trim() == "ready"
     }
 
+    /// Waits up to `limit` for its `ready` line (a remote host may hang rather than end);
+    /// the error says what came instead.
+    pub fn wait_ready_within(&mut self, limit: std::time::Duration) -> Result<(), String> {
+        self.wait_readable(limit)?;
+        let mut line = String::new();
+        match self.out.read_line(&mut line) {
+            Ok(0) => Err(format!("ended before it was ready ({})", self.status())),
+            Ok(_) if line.trim() == "ready" => Ok(()),
+            Ok(_) => Err(format!("said '{}' instead of ready", line.trim())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Waits up to `limit` until its output has a line to read.
+    pub fn wait_readable(&mut self, limit: std::time::Duration) -> Result<(), String> {
+        use std::os::fd::AsFd;
+        if !self.out.buffer().is_empty() {
+            return Ok(());
+        }
+        let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+        match ringbench_backends::sys::poll_one(self.out.get_ref().as_fd(), libc::POLLIN, ms) {
+            Ok(0) => Err(format!("said nothing within {:.0} s", limit.as_secs_f64())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Kills it (a host that hangs); its report then counts every connection as failed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    fn status(&mut self) -> String {
+        match self.child.wait() {
+            Ok(st) => st.to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// Tells it to start.
     pub fn go(&mut self) {
         if let Some(mut stdin) = self.child.stdin.take() {

@@ -3,6 +3,7 @@
 //! process, servers interleaved within each point so machine drift hits them alike. Raw
 //! files first; the report is then built from them alone.
 
+mod clients;
 mod run;
 
 use std::io::{IsTerminal, Write};
@@ -17,6 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ringbench_backends::{sys, Variant};
 use serde::Serialize;
 
+use crate::hosts::{HostSpec, Network};
 use crate::report;
 use crate::results::{Pass, RunKey};
 
@@ -70,6 +72,15 @@ pub struct MatrixConfig {
     /// Run `ringbench probe` first and keep its figures in env.json.
     pub probe: bool,
     pub label: String,
+    /// Where the clients run (`--client-hosts`); one local host by default.
+    pub client_hosts: Vec<HostSpec>,
+    /// The server in a namespace of its own, so both ends leave loopback.
+    pub server_netns: bool,
+    /// What runs a client on an ssh host (`ssh`, or a stand-in), and the binary there.
+    pub ssh_command: Vec<String>,
+    pub remote_ringbench: String,
+    /// The address the server binds to for ssh hosts (the address they reach it at).
+    pub server_bind: Option<std::net::IpAddr>,
 }
 
 impl MatrixConfig {
@@ -173,6 +184,7 @@ fn plan(cfg: &MatrixConfig, contenders: &[Contender], perf: bool) -> Vec<Planned
 /// interrupted (what was measured is kept).
 pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the ringbench executable")?;
+    check_hosts(cfg)?;
     let mut contenders: Vec<Contender> = cfg
         .backends
         .iter()
@@ -216,6 +228,9 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&interrupted)).context("cannot install signal handlers")?;
     }
+    // After the handlers: a Ctrl-C from here on ends the runs, and the network is removed
+    // when it goes out of scope, on every way out of this function.
+    let network = Network::build(&cfg.client_hosts, cfg.server_netns)?;
     eprintln!(
         "ringbench matrix: {} runs ({} servers × {} connection counts × {} rates × {} sizes × {} repeats) into {}; {}",
         plan.len(),
@@ -228,7 +243,7 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
         describe_pinning(cfg)
     );
     let t0 = Instant::now();
-    let ctx = run::Ctx { exe: &exe, cfg, raw: &raw, interrupted: &interrupted };
+    let ctx = run::Ctx { exe: &exe, cfg, raw: &raw, interrupted: &interrupted, network: &network };
     let stopped_early = run_plan(&ctx, &plan);
     eprintln!("ringbench matrix: runs took {:.0} s; building the report", t0.elapsed().as_secs_f64());
     let order = cfg.order();
@@ -252,6 +267,18 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Host combinations that cannot work, refused before anything starts.
+fn check_hosts(cfg: &MatrixConfig) -> anyhow::Result<()> {
+    let ssh = cfg.client_hosts.iter().any(|h| matches!(h, HostSpec::Ssh { .. }));
+    if ssh && cfg.server_bind.is_none() {
+        bail!("ssh client hosts need --server-bind ADDR: an address of this machine they can reach the server at");
+    }
+    if cfg.server_netns && !cfg.targets.is_empty() {
+        bail!("--server-netns runs ringbench backends only: an external target's readiness is checked by connecting from this namespace");
+    }
+    Ok(())
 }
 
 /// Runs the plan with a progress bar (plain lines when not on a terminal); returns whether

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ringbench_backends::sys;
 
-use super::{Contender, MatrixConfig, Planned, Target};
+use super::{clients, Contender, MatrixConfig, Planned, Target};
 use crate::files;
+use crate::hosts::Network;
 use crate::results::{ClientSummary, Pass, ServerProcRecord};
 use crate::server_proc::{process_cpu_s, Readiness, ServerProc, Spec};
 
@@ -39,6 +40,24 @@ pub struct Ctx<'a> {
     pub cfg: &'a MatrixConfig,
     pub raw: &'a Path,
     pub interrupted: &'a AtomicBool,
+    /// The namespaces and links of `--client-hosts` (nothing for local clients).
+    pub network: &'a Network,
+}
+
+impl Ctx<'_> {
+    /// Whether the clients run anywhere but here, as one local client process.
+    fn multi_host(&self) -> bool {
+        self.cfg.client_hosts.len() > 1 || self.cfg.client_hosts.iter().any(|h| *h != crate::hosts::HostSpec::Local)
+    }
+
+    /// The address the server listens on: where the hosts can reach it.
+    fn bind_ip(&self) -> std::net::IpAddr {
+        match (self.network.server_ip(), self.cfg.server_bind) {
+            (Some(ip), _) => ip.into(),
+            (None, Some(ip)) => ip,
+            (None, None) => std::net::Ipv4Addr::LOCALHOST.into(),
+        }
+    }
 }
 
 pub enum Outcome {
@@ -69,18 +88,27 @@ fn server_spec(ctx: &Ctx<'_>, c: &Contender, file: &dyn Fn(&str) -> String) -> a
     let (spec, kind) = match c {
         Contender::Backend(v) => {
             let workers = cfg.workers.unwrap_or(cfg.server_cpus.len().max(1)).to_string();
+            let bind = SocketAddr::new(ctx.bind_ip(), 0).to_string();
             let mut args: Vec<String> =
-                ["server", "--backend", &v.name, "--bind", "127.0.0.1:0", "--workers", &workers]
-                    .map(String::from)
-                    .to_vec();
+                ["server", "--backend", &v.name, "--bind", &bind, "--workers", &workers].map(String::from).to_vec();
             args.extend(cfg.server_args.iter().cloned());
             args.extend(["--log".into(), file("server.csv"), "--summary-json".into(), file("server.json")]);
-            (Spec::new(ctx.exe, args, Readiness::ListeningLine), "ringbench")
+            // With --server-netns: `ip netns exec NS ringbench server ...`, which execs, so
+            // the process measured is still the server.
+            let prefix = ctx.network.server_prefix();
+            match prefix.split_first() {
+                Some((ip, rest)) => {
+                    let all = rest.iter().cloned().chain([ctx.exe.display().to_string()]).chain(args).collect();
+                    (Spec::new(ip, all, Readiness::ListeningLine), "ringbench")
+                }
+                None => (Spec::new(ctx.exe, args, Readiness::ListeningLine), "ringbench"),
+            }
         }
         Contender::Target(Target { command, .. }) => {
             let port = free_port()?;
-            let cmd = command.replace("{port}", &port.to_string());
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let ip = ctx.bind_ip();
+            let cmd = command.replace("{port}", &port.to_string()).replace("{host}", &ip.to_string());
+            let addr = SocketAddr::new(ip, port);
             // exec: the process measured is the server itself, not a shell around it.
             (Spec::new("/bin/sh", vec!["-c".into(), format!("exec {cmd}")], Readiness::Connect(addr)), "target")
         }
@@ -112,61 +140,31 @@ pub fn one(ctx: &Ctx<'_>, p: &Planned) -> anyhow::Result<Outcome> {
     };
     record.pid = server.pid();
     let perf = (p.key.pass == Pass::Syscalls).then(|| Perf::attach(server.pid()));
+    let workload = workload_args(cfg, p, server.addr());
+    let (marks, phase_write) = sys::pipe()?;
+    let sampler = sample_cpu(marks, server.pid());
     let label = &cfg.label;
-    let mut args: Vec<String> = vec![
-        "client".into(),
-        "--server".into(),
-        server.addr().to_string(),
-        "--connections".into(),
-        p.key.connections.to_string(),
-        "--requests".into(),
-        cfg.requests.to_string(),
-        "--size".into(),
-        p.key.size_bytes.to_string(),
-        "--timeout".into(),
-        cfg.timeout_s.to_string(),
-        "--label".into(),
-        label.clone(),
-        "--out".into(),
-        file(&format!("client-{label}.csv")),
-        "--json".into(),
-        file(&format!("client-{label}.json")),
-        "--phase-fd".into(),
-        PHASE_FD.to_string(),
-    ];
-    args.extend(["--engine".into(), cfg.engine.clone()]);
-    match (p.key.rate, cfg.duration_s) {
-        (Some(rate), Some(d)) => {
+    let (client_status, client_err, hosts_line) = if ctx.multi_host() {
+        let mut marks = std::fs::File::from(phase_write);
+        let hosts = clients::Hosts { exe: ctx.exe, cfg, network: ctx.network };
+        let line = clients::run(&hosts, server.addr(), p.key.connections, &workload, p.key.rate, &mut marks, &file);
+        drop(marks);
+        (None, String::new(), Some(line?))
+    } else {
+        let mut args = workload;
+        args.extend(["--connections".into(), p.key.connections.to_string(), "--label".into(), label.clone()]);
+        if let (Some(rate), Some(d)) = (p.key.rate, cfg.duration_s) {
             args.extend(["--rate".into(), rate.to_string(), "--duration".into(), d.to_string()]);
             if let Some(w) = cfg.warmup_s.filter(|w| *w > 0.0) {
                 args.extend(["--warmup".into(), w.to_string()]);
             }
         }
-        (None, Some(d)) => args.extend(["--duration".into(), d.to_string()]),
-        _ if cfg.min_run_s > 0.0 => args.extend(["--min-run-s".into(), cfg.min_run_s.to_string()]),
-        _ => {}
-    }
-    args.extend(["--spectrum".into(), file("spectrum")]);
-    args.extend(cfg.client_args.iter().cloned());
-    let (marks, phase_write) = sys::pipe()?;
-    let mut client =
-        spawn_client(ctx.exe, &args, &cfg.client_cpus, &phase_write, &file(&format!("client-{label}.txt")))?;
-    drop(phase_write);
-    let sampler = sample_cpu(marks, server.pid());
-    // The client bounds itself with --timeout per operation; the limit here only guards
-    // against a wedged process.
-    let limit =
-        Duration::from_secs_f64(60.0 + cfg.timeout_s * 3.0 + cfg.requests as f64 * p.key.connections as f64 / 2000.0);
-    let client_status = wait_for(&mut client, limit, ctx.interrupted)?;
-    if client_status.is_none() {
-        // SAFETY: kill(2) on our own child; at worst ESRCH if it already exited.
-        unsafe { libc::kill(client.id() as i32, libc::SIGKILL) };
-        let _ = client.wait();
-    }
-    let mut client_err = String::new();
-    if let Some(mut e) = client.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut client_err);
-    }
+        args.extend(["--out".into(), file(&format!("client-{label}.csv")), "--json".into()]);
+        args.extend([file(&format!("client-{label}.json")), "--phase-fd".into(), PHASE_FD.to_string()]);
+        args.extend(["--spectrum".into(), file("spectrum")]);
+        let (status, err) = single_client(ctx, p, &args, phase_write, &file(&format!("client-{label}.txt")))?;
+        (status, err, None)
+    };
     let sampled = sampler.join().unwrap_or_default();
     (record.cpu_s, record.cpu_proc_stat_s, record.measured_s) =
         (sampled.cpu_s, sampled.cpu_proc_stat_s, sampled.measured_s);
@@ -188,7 +186,7 @@ pub fn one(ctx: &Ctx<'_>, p: &Planned) -> anyhow::Result<Outcome> {
     }
     let mut notes = Vec::new();
     match client_status {
-        None => notes.push("client killed after the time limit".to_string()),
+        None if hosts_line.is_none() => notes.push("client killed after the time limit".to_string()),
         Some(st) if !st.success() => notes.push(format!("client exit {}", st.code().unwrap_or(-1))),
         _ => {}
     }
@@ -200,17 +198,75 @@ pub fn one(ctx: &Ctx<'_>, p: &Planned) -> anyhow::Result<Outcome> {
     }
     let summary: Option<ClientSummary> =
         std::fs::read_to_string(file(&format!("client-{label}.json"))).ok().and_then(|s| serde_json::from_str(&s).ok());
-    let text = match summary {
-        Some(s) => match (s.achieved_rate_rps, s.rate_status.as_deref()) {
-            (Some(sent), Some(status)) => format!(
-                "{sent:.0} req/s sent ({status}), corrected p99 {:.0} µs, {} errors",
-                s.corrected.p99_us, s.errors
-            ),
-            _ => format!("{:.0} req/s, p99 {:.0} µs, {} errors", s.throughput_rps, s.latency_p99_us, s.errors),
+    let text = match (hosts_line, summary) {
+        (Some(line), _) => line,
+        (None, summary) => match summary {
+            Some(s) => match (s.achieved_rate_rps, s.rate_status.as_deref()) {
+                (Some(sent), Some(status)) => format!(
+                    "{sent:.0} req/s sent ({status}), corrected p99 {:.0} µs, {} errors",
+                    s.corrected.p99_us, s.errors
+                ),
+                _ => format!("{:.0} req/s, p99 {:.0} µs, {} errors", s.throughput_rps, s.latency_p99_us, s.errors),
+            },
+            None => format!("no client summary {}", client_err.lines().next().unwrap_or("")),
         },
-        None => format!("no client summary {}", client_err.lines().next().unwrap_or("")),
     };
     Ok(Outcome::Done(if notes.is_empty() { text } else { format!("{text} ({})", notes.join("; ")) }))
+}
+
+/// The workload every client of a run gets, whatever host it runs on: the server, the
+/// requests, the engine and the phase length, and `--client-arg`s.
+fn workload_args(cfg: &MatrixConfig, p: &Planned, server: SocketAddr) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "client".into(),
+        "--server".into(),
+        server.to_string(),
+        "--requests".into(),
+        cfg.requests.to_string(),
+        "--size".into(),
+        p.key.size_bytes.to_string(),
+        "--timeout".into(),
+        cfg.timeout_s.to_string(),
+        "--engine".into(),
+        cfg.engine.clone(),
+    ];
+    match (p.key.rate, cfg.duration_s) {
+        (Some(_), Some(_)) => {} // the rate and its window are each client's share
+        (None, Some(d)) => args.extend(["--duration".into(), d.to_string()]),
+        _ if cfg.min_run_s > 0.0 => args.extend(["--min-run-s".into(), cfg.min_run_s.to_string()]),
+        _ => {}
+    }
+    args.extend(cfg.client_args.iter().cloned());
+    args
+}
+
+/// The one local client process of a run: started, waited for (killed past the limit),
+/// its stderr kept. `None` status: it was killed.
+fn single_client(
+    ctx: &Ctx<'_>,
+    p: &Planned,
+    args: &[String],
+    phase_write: OwnedFd,
+    stdout_file: &str,
+) -> anyhow::Result<(Option<ExitStatus>, String)> {
+    let cfg = ctx.cfg;
+    let mut client = spawn_client(ctx.exe, args, &cfg.client_cpus, &phase_write, stdout_file)?;
+    drop(phase_write);
+    // The client bounds itself with --timeout per operation; the limit here only guards
+    // against a wedged process.
+    let limit =
+        Duration::from_secs_f64(60.0 + cfg.timeout_s * 3.0 + cfg.requests as f64 * p.key.connections as f64 / 2000.0);
+    let status = wait_for(&mut client, limit, ctx.interrupted)?;
+    if status.is_none() {
+        // SAFETY: kill(2) on our own child; at worst ESRCH if it already exited.
+        unsafe { libc::kill(client.id() as i32, libc::SIGKILL) };
+        let _ = client.wait();
+    }
+    let mut err = String::new();
+    if let Some(mut e) = client.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    Ok((status, err))
 }
 
 /// The command line a record shows.

@@ -70,6 +70,21 @@ pub fn ratio(points: &[Point], p: &Point, m: &Metric, base: &str) -> Option<Rati
     paired_ratio(baseline_of(points, p, base)?.get(m)?, p.get(m)?)
 }
 
+/// Each client host's columns, after `host_{label}_`.
+const HOST_COLUMNS: [&str; 5] =
+    ["connections", "throughput_rps", "avg_total_duration_s", "avg_response_time_s", "p99_response_us"];
+
+/// The client host labels of a sweep run from several hosts, in order of appearance.
+pub fn host_labels(points: &[Point]) -> Vec<String> {
+    let mut labels: Vec<String> = Vec::new();
+    for h in points.iter().flat_map(|p| p.hosts.iter()) {
+        if !labels.contains(&h.label) {
+            labels.push(h.label.clone());
+        }
+    }
+    labels
+}
+
 /// The columns of `overall.csv`, in order, with each point's cells.
 fn overall(points: &[Point], base: &str) -> (Vec<String>, Vec<Vec<Cell>>) {
     let headline = METRICS.iter().filter(|m| m.headline);
@@ -81,6 +96,13 @@ fn overall(points: &[Point], base: &str) -> (Vec<String>, Vec<Vec<Cell>>) {
     for m in METRICS {
         for suffix in ["min", "max", "sd", "ratio", "ratio_ci95_lo", "ratio_ci95_hi"] {
             cols.push(format!("{}_{suffix}", m.key));
+        }
+    }
+    // With several client hosts, each host's own figures (means over repeats) at the end.
+    let labels = host_labels(points);
+    for l in &labels {
+        for f in HOST_COLUMNS {
+            cols.push(format!("host_{l}_{f}"));
         }
     }
     let rows = points
@@ -117,6 +139,18 @@ fn overall(points: &[Point], base: &str) -> (Vec<String>, Vec<Vec<Cell>>) {
                 row.push(cell(r.map(|r| r.ratio)));
                 row.push(cell(r.and_then(|r| r.ci95).map(|c| c.0)));
                 row.push(cell(r.and_then(|r| r.ci95).map(|c| c.1)));
+            }
+            for l in &labels {
+                match p.hosts.iter().find(|h| &h.label == l) {
+                    Some(h) => row.extend([
+                        Cell::Int(h.connections as u64),
+                        Cell::Num(round(h.throughput_rps.mean, 1)),
+                        Cell::Num(round(h.avg_total_duration_s.mean, 6)),
+                        Cell::Num(round(h.avg_response_time_s.mean, 6)),
+                        Cell::Num(round(h.p99_us.mean, 1)),
+                    ]),
+                    None => row.extend(HOST_COLUMNS.iter().map(|_| Cell::NotApplicable)),
+                }
             }
             row
         })

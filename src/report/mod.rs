@@ -14,6 +14,7 @@ pub mod context;
 pub mod export;
 pub mod load;
 pub mod metrics;
+pub mod per_host;
 pub mod points;
 pub mod stats;
 pub mod summary;

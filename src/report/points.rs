@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 
-use super::load::Run;
+use super::load::{ClientPart, Run};
 use super::metrics::{index, Metric, RunView, METRICS};
+use super::per_host::{self, HostFigures, HostPoint};
 use crate::results::{decode_histogram, ClientSummary, Pass, RunKey, ThreadRow};
 
 /// The figures of one run, over all its client hosts.
@@ -27,6 +28,8 @@ pub struct RunFigures {
     pub rate_status: Option<String>,
     /// The distribution charts show: corrected latency (open loop), else service time.
     pub spectrum: Option<Histogram<u64>>,
+    /// Each client host's own figures, when there were several (merged ones only).
+    pub hosts: Vec<HostFigures>,
 }
 
 /// One histogram of every host (`pick` chooses which), merged; `None` if a host lacks it.
@@ -52,8 +55,10 @@ fn worst_status<'a>(statuses: impl Iterator<Item = &'a str>) -> Option<String> {
 /// Computes a run's figures. Several client hosts are merged like the seed's two clients:
 /// means over all their connections, throughputs added, latency histograms merged.
 pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
-    let rows: Vec<&ThreadRow> = run.clients.iter().flat_map(|c| c.rows.iter()).collect();
-    let summaries: Vec<&ClientSummary> = run.clients.iter().filter_map(|c| c.summary.as_ref()).collect();
+    // Hosts whose measured phases did not overlap are not merged: each is a problem.
+    let (clients, dropped) = per_host::overlapping(&run.clients);
+    let rows: Vec<&ThreadRow> = clients.iter().flat_map(|c| c.rows.iter()).collect();
+    let summaries: Vec<&ClientSummary> = clients.iter().filter_map(|c| c.summary.as_ref()).collect();
     // Without per-connection rows (a run kept as summaries only), the hosts' own counts.
     let (requests, errors) = if rows.is_empty() {
         (summaries.iter().map(|s| s.requests).sum(), summaries.iter().map(|s| s.errors).sum())
@@ -96,7 +101,9 @@ pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
     } else {
         f.connections as u64 * f.requests_per_connection
     };
-    f.problems = problems(key, run, &f);
+    f.hosts = per_host::figures(&clients);
+    f.problems = dropped;
+    f.problems.extend(problems(key, run, &clients, &f));
     f.ok = f.problems.is_empty();
     f
 }
@@ -104,7 +111,7 @@ pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
 /// Why a run does not count: a server that never ran, lost bytes or requests, and — for
 /// ringbench's backends, which keep them — a missing or incomplete server log. An external
 /// server's status comes from the client's byte verification alone.
-fn problems(key: &RunKey, run: &Run, f: &RunFigures) -> Vec<String> {
+fn problems(key: &RunKey, run: &Run, clients: &[&ClientPart], f: &RunFigures) -> Vec<String> {
     let mut p = Vec::new();
     if let Some(e) = run.proc.as_ref().and_then(|r| r.error.as_ref()) {
         // Nothing else about the run means anything then.
@@ -125,11 +132,11 @@ fn problems(key: &RunKey, run: &Run, f: &RunFigures) -> Vec<String> {
         None if external => {}
         None => p.push("no server summary (server did not exit cleanly)".into()),
     }
-    if run.clients.iter().all(|c| c.summary.is_none()) {
+    if clients.iter().all(|c| c.summary.is_none()) {
         p.push("no client output".into());
     }
     if f.errors > 0 {
-        let first = run.clients.iter().flat_map(|c| c.rows.iter()).find(|r| r.errors > 0);
+        let first = clients.iter().flat_map(|c| c.rows.iter()).find(|r| r.errors > 0);
         let why = first.map_or(String::new(), |r| format!(" (first: {})", r.error));
         p.push(format!("{} client errors{why}", f.errors));
     }
@@ -193,6 +200,8 @@ pub struct Point {
     pub problems: Vec<String>,
     /// One spread per entry of [`METRICS`]; `None` is n/a.
     pub values: Vec<Option<Spread>>,
+    /// Each client host's figures, when the runs had several.
+    pub hosts: Vec<HostPoint>,
 }
 
 impl Point {
@@ -246,6 +255,9 @@ pub fn points(runs: &BTreeMap<RunKey, Run>, order: &[String]) -> Vec<Point> {
             values: (0..METRICS.len())
                 .map(|i| Spread::of(figs.iter().filter_map(|(k, f)| f.values[i].map(|v| (k.repeat, v))).collect()))
                 .collect(),
+            hosts: per_host::over_repeats(
+                figs.iter().filter(|(k, _)| k.pass == Pass::Measure).map(|(k, f)| (*k, f.hosts.as_slice())),
+            ),
         })
         .collect();
     // Sizes, then connections, then rates, ascending; backends keep their order within each.

@@ -34,6 +34,7 @@ pub fn write_summary_md(
     answer_section(&mut md, points, order);
     slo_section(&mut md, points, order, slo_ms);
     why_section(&mut md, points, order, env);
+    hosts_section(&mut md, points);
     machine_section(&mut md, env);
     overall_section(&mut md, points);
     let _ = writeln!(md, "\n## Charts\n");
@@ -223,6 +224,54 @@ fn explained(predicted_us: f64, saved_cpu_us: f64, significant: bool) -> String 
     } else {
         format!("{:.0} %", 100.0 * predicted_us / saved_cpu_us)
     }
+}
+
+/// Each client host side by side with the merged totals, like the seed's two clients.
+fn hosts_section(md: &mut String, points: &[Point]) {
+    if points.iter().all(|p| p.hosts.is_empty()) {
+        return;
+    }
+    let _ = writeln!(md, "## Client hosts\n");
+    let _ = writeln!(
+        md,
+        "Each host's own figures (mean over repeats) beside the merged point: its connections, \
+         its verified requests per second, the seed's AvgTotalDuration and AvgResponseTime over \
+         its connections, and the p99 of its round trips. Hosts are merged only when their \
+         measured phases overlapped by at least 90 % (of the shorter).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| server | conns | host | connections | req/s | AvgTotalDuration s | AvgResponseTime s | p99 ms |"
+    );
+    let _ = writeln!(md, "|---|---:|---|---:|---:|---:|---:|---:|");
+    let mean = |p: &Point, key: &str| metric(key).and_then(|m| p.get(m)).map(|s| s.mean);
+    for p in points.iter().filter(|p| !p.hosts.is_empty()) {
+        let place = format!("{} | {}", p.backend, p.connections);
+        for h in &p.hosts {
+            let _ = writeln!(
+                md,
+                "| {place} | {} | {} | {:.0} | {:.4} | {:.6} | {:.2} |",
+                h.label,
+                h.connections,
+                h.throughput_rps.mean,
+                h.avg_total_duration_s.mean,
+                h.avg_response_time_s.mean,
+                h.p99_us.mean / 1e3
+            );
+        }
+        let cell =
+            |v: Option<f64>, scale: f64, digits: usize| v.map_or("n/a".into(), |v| format!("{:.*}", digits, v * scale));
+        let _ = writeln!(
+            md,
+            "| {place} | **all, merged** | {} | {} | {} | {} | {} |",
+            p.hosts.iter().map(|h| h.connections).sum::<usize>(),
+            cell(mean(p, "throughput_rps"), 1.0, 0),
+            cell(mean(p, "avg_total_duration_s"), 1.0, 4),
+            cell(mean(p, "avg_response_time_s"), 1.0, 6),
+            cell(mean(p, "p99_response_us"), 1e-3, 2),
+        );
+    }
+    let _ = writeln!(md);
 }
 
 fn machine_section(md: &mut String, env: &serde_json::Value) {

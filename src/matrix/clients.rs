@@ -1,0 +1,149 @@
+//! One run's clients on several hosts (`--client-hosts`): the run's connections split
+//! evenly over the hosts, each host a `ringbench client --shard-child` — started here, in
+//! its namespace, or through ssh — that connects everything and says `ready`. Once every
+//! host is ready the measured phase starts for all of them with one `go`, so hosts start
+//! within a few milliseconds of each other; each sends its whole report back over its
+//! own stdout (no copy, no shared disk), and each host's files go to `raw/` under its
+//! label, where the report merges them only if their measured phases overlapped.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use ringbench_backends::sys;
+
+use super::MatrixConfig;
+use crate::client::shard::Shard;
+use crate::client::{ClientConfig, ClientReport};
+use crate::files;
+use crate::hosts::{shell_quote, HostSpec, Network};
+use crate::results::write_rows_csv;
+
+/// What a run's clients need besides the workload.
+pub struct Hosts<'a> {
+    pub exe: &'a std::path::Path,
+    pub cfg: &'a MatrixConfig,
+    pub network: &'a Network,
+}
+
+/// The command that runs `args` (a `ringbench client` invocation) on host `i`.
+fn host_command(h: &Hosts<'_>, i: usize, host: &HostSpec, args: &[String]) -> Command {
+    let cfg = h.cfg;
+    let mut cmd = match host {
+        HostSpec::Ssh { dest } => {
+            let mut words = cfg.ssh_command.iter();
+            let mut cmd = Command::new(words.next().map_or("ssh", String::as_str));
+            // ssh joins its arguments into one remote shell command: quote each word.
+            let remote: Vec<String> = std::iter::once(cfg.remote_ringbench.as_str())
+                .chain(args.iter().map(String::as_str))
+                .map(shell_quote)
+                .collect();
+            cmd.args(words).arg(dest).arg(remote.join(" "));
+            return cmd;
+        }
+        HostSpec::Local | HostSpec::Netns(_) => {
+            let prefix = h.network.host_prefix(i);
+            let mut cmd = match prefix.split_first() {
+                Some((p, rest)) => {
+                    let mut c = Command::new(p);
+                    c.args(rest).arg(h.exe);
+                    c
+                }
+                None => Command::new(h.exe),
+            };
+            cmd.args(args);
+            cmd
+        }
+    };
+    let cpus = cfg.client_cpus.clone();
+    // SAFETY: the hook makes one syscall (sched_setaffinity) on data copied before fork:
+    // no allocation or lock, as is required between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || if cpus.is_empty() { Ok(()) } else { sys::set_affinity(&cpus) });
+    }
+    cmd
+}
+
+/// Runs `workload` (client arguments without outputs) from every host against `server`,
+/// writing `raw/{stem}.client-{label}.json/.csv` for each, and `start`/`end` marks on
+/// `marks` around the measured phase. Returns the progress line.
+pub fn run(
+    h: &Hosts<'_>,
+    server: SocketAddr,
+    connections: usize,
+    workload: &[String],
+    rate: Option<u64>,
+    marks: &mut std::fs::File,
+    file: &dyn Fn(&str) -> String,
+) -> anyhow::Result<String> {
+    let hosts = &h.cfg.client_hosts;
+    let n = hosts.len();
+    let mut shards = Vec::with_capacity(n);
+    let mut first = 0;
+    for (i, host) in hosts.iter().enumerate() {
+        let share = connections / n + usize::from(i < connections % n);
+        let label = host.label();
+        let mut args = workload.to_vec();
+        args.extend(["--connections".into(), share.to_string(), "--label".into(), label.clone()]);
+        args.extend(["--first-thread".into(), first.to_string(), "--shard-child".into()]);
+        if let (Some(r), Some(d)) = (rate, h.cfg.duration_s) {
+            // Each host offers its connections' share of the rate.
+            let part = r as f64 * share as f64 / connections.max(1) as f64;
+            args.extend(["--rate".into(), part.to_string(), "--duration".into(), d.to_string()]);
+            if let Some(w) = h.cfg.warmup_s.filter(|w| *w > 0.0) {
+                args.extend(["--warmup".into(), w.to_string()]);
+            }
+        }
+        let log_path = file(&format!("client-{label}.log"));
+        let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create '{log_path}'"))?;
+        let mut cmd = host_command(h, i, host, &args);
+        cmd.stderr(Stdio::from(log)).process_group(0);
+        let shard = Shard::spawn(cmd, first, share).with_context(|| format!("cannot start client host {label}"));
+        shards.push((label, share, shard?));
+        first += share;
+    }
+    // Connecting thousands of connections takes seconds; a host that says nothing for
+    // longer than this is not coming.
+    let ready_limit = Duration::from_secs_f64(30.0 + h.cfg.timeout_s * 3.0 + connections as f64 / 500.0);
+    let mut failed_to_start = Vec::new();
+    for (label, _, s) in &mut shards {
+        if let Err(why) = s.wait_ready_within(ready_limit) {
+            s.kill();
+            failed_to_start.push(format!("{label} {why}"));
+        }
+    }
+    let _ = writeln!(marks, "start");
+    for (_, _, s) in &mut shards {
+        s.go();
+    }
+    let run_limit =
+        Duration::from_secs_f64(60.0 + h.cfg.timeout_s * 3.0 + h.cfg.min_run_s + h.cfg.duration_s.unwrap_or(0.0) * 2.0);
+    let mut parts = Vec::with_capacity(n);
+    for (label, share, mut s) in shards {
+        if s.wait_readable(run_limit).is_err() {
+            s.kill();
+        }
+        let part = ClientConfig { label: label.clone(), ..ClientConfig::new(server, share, h.cfg.requests, 0) };
+        parts.push((label.clone(), s.finish(&part, &format!("client host {label}"))));
+    }
+    let _ = writeln!(marks, "end");
+    let mut line = Vec::new();
+    for (label, report) in &parts {
+        write_host(report, &file(&format!("client-{label}.json")), &file(&format!("client-{label}.csv")))?;
+        let s = &report.summary;
+        line.push(format!("{label} {:.0} req/s, {} errors", s.throughput_rps, s.errors));
+    }
+    let mut text = line.join(" · ");
+    if !failed_to_start.is_empty() {
+        text.push_str(&format!(" (not started: {})", failed_to_start.join("; ")));
+    }
+    Ok(text)
+}
+
+fn write_host(report: &ClientReport, json: &str, csv: &str) -> anyhow::Result<()> {
+    files::write_json(std::path::Path::new(json), &report.summary)?;
+    write_rows_csv(std::path::Path::new(csv), &report.rows)
+}
