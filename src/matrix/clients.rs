@@ -10,7 +10,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ringbench_backends::sys;
@@ -27,6 +28,25 @@ pub struct Hosts<'a> {
     pub exe: &'a std::path::Path,
     pub cfg: &'a MatrixConfig,
     pub network: &'a Network,
+    /// Set by Ctrl-C: every host is stopped at once.
+    pub interrupted: &'a AtomicBool,
+}
+
+/// Waits up to `limit` for a line from `shard`, in short slices so that a Ctrl-C is seen
+/// within a fraction of a second.
+fn wait_line(shard: &mut Shard, limit: Duration, interrupted: &AtomicBool) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if interrupted.load(Ordering::Relaxed) {
+            return Err("interrupted".into());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match shard.wait_readable(left.min(Duration::from_millis(200))) {
+            Ok(()) => return Ok(()),
+            Err(_) if left > Duration::from_millis(200) => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The command that runs `args` (a `ringbench client` invocation) on host `i`.
@@ -109,8 +129,11 @@ pub fn run(
     // longer than this is not coming.
     let ready_limit = Duration::from_secs_f64(30.0 + h.cfg.timeout_s * 3.0 + connections as f64 / 500.0);
     let mut failed_to_start = Vec::new();
+    let ready_by = Instant::now() + ready_limit;
     for (label, _, s) in &mut shards {
-        if let Err(why) = s.wait_ready_within(ready_limit) {
+        let left = ready_by.saturating_duration_since(Instant::now());
+        let ready = wait_line(s, left, h.interrupted).and_then(|()| s.wait_ready_within(Duration::ZERO));
+        if let Err(why) = ready {
             s.kill();
             failed_to_start.push(format!("{label} {why}"));
         }
@@ -122,8 +145,9 @@ pub fn run(
     let run_limit =
         Duration::from_secs_f64(60.0 + h.cfg.timeout_s * 3.0 + h.cfg.min_run_s + h.cfg.duration_s.unwrap_or(0.0) * 2.0);
     let mut parts = Vec::with_capacity(n);
+    let done_by = Instant::now() + run_limit;
     for (label, share, mut s) in shards {
-        if s.wait_readable(run_limit).is_err() {
+        if wait_line(&mut s, done_by.saturating_duration_since(Instant::now()), h.interrupted).is_err() {
             s.kill();
         }
         let part = ClientConfig { label: label.clone(), ..ClientConfig::new(server, share, h.cfg.requests, 0) };

@@ -248,7 +248,14 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     eprintln!("ringbench matrix: runs took {:.0} s; building the report", t0.elapsed().as_secs_f64());
     let order = cfg.order();
     let opts = report::Options { baseline: order.first().cloned(), order, slo_ms: cfg.slo_ms };
-    let built = report::build(&cfg.out, &opts)?;
+    let built = match report::build(&cfg.out, &opts) {
+        Ok(b) => b,
+        Err(e) if stopped_early => {
+            eprintln!("ringbench matrix: interrupted before a run finished; no report ({e:#})");
+            return Ok(ExitCode::from(130));
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(why) = &built.charts_failed {
         eprintln!("ringbench matrix: charts not drawn: {why}");
     }

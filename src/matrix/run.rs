@@ -146,7 +146,7 @@ pub fn one(ctx: &Ctx<'_>, p: &Planned) -> anyhow::Result<Outcome> {
     let label = &cfg.label;
     let (client_status, client_err, hosts_line) = if ctx.multi_host() {
         let mut marks = std::fs::File::from(phase_write);
-        let hosts = clients::Hosts { exe: ctx.exe, cfg, network: ctx.network };
+        let hosts = clients::Hosts { exe: ctx.exe, cfg, network: ctx.network, interrupted: ctx.interrupted };
         let line = clients::run(&hosts, server.addr(), p.key.connections, &workload, p.key.rate, &mut marks, &file);
         drop(marks);
         (None, String::new(), Some(line?))
