@@ -209,6 +209,7 @@ fn an_ssh_host_starts_with_a_local_one_and_merges_and_a_broken_one_is_reported()
             v["measured_start_unix_us"].as_i64().unwrap()
         };
         let skew_us = (start("local") - start("standin")).abs();
+        eprintln!("{backend}: the local and the ssh host started {skew_us} µs apart");
         assert!(skew_us < 50_000, "{backend}: the hosts started {skew_us} µs apart");
     }
     let broken = dir.path().join("broken");

@@ -5,7 +5,9 @@
 //! or ran on its own measured another load, and adding its throughput would describe a
 //! load that never happened. Phases may differ in length (a rate-limited host takes longer
 //! for the same requests), so the overlap is taken over the shorter of two phases: at
-//! least [`OVERLAP_MIN`] of it must lie within the other.
+//! least [`OVERLAP_MIN`] of it must lie within the other, allowing [`START_SLACK_US`] for
+//! the few milliseconds within which hosts start together — without it, a run of a few
+//! milliseconds would fail on a skew of one.
 
 use super::load::ClientPart;
 use super::points::Spread;
@@ -13,6 +15,9 @@ use crate::results::{ClientSummary, RunKey};
 
 /// The share of the shorter phase that must lie within the other for two hosts to merge.
 pub const OVERLAP_MIN: f64 = 0.9;
+
+/// How far apart hosts may start and still count as started together (µs).
+pub const START_SLACK_US: u64 = 50_000;
 
 /// One host's figures in one run.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,15 +47,17 @@ fn phase(s: &ClientSummary) -> Option<(u64, u64)> {
         .then_some((s.measured_start_unix_us, s.measured_end_unix_us))
 }
 
-/// How much of the shorter of two phases lies within the other, 0 to 1.
+/// How much of the shorter of two phases lies within the other, 0 to 1, a skew of up to
+/// [`START_SLACK_US`] forgiven.
 pub fn overlap(a: (u64, u64), b: (u64, u64)) -> f64 {
-    let common = a.1.min(b.1).saturating_sub(a.0.max(b.0));
     let shorter = (a.1 - a.0).min(b.1 - b.0);
+    // Negative when they are apart: then the gap counts against the slack.
+    let common = a.1.min(b.1) as i128 - a.0.max(b.0) as i128;
+    let forgiven = (common + i128::from(START_SLACK_US)).clamp(0, i128::from(shorter));
     if shorter == 0 {
-        // An empty phase overlaps if it lies within the other.
-        return f64::from(u8::from(a.0.max(b.0) <= a.1.min(b.1)));
+        return f64::from(u8::from(common + i128::from(START_SLACK_US) >= 0));
     }
-    common as f64 / shorter as f64
+    forgiven as f64 / shorter as f64
 }
 
 /// The hosts that may be merged, and why each other one may not. The reference is the
@@ -141,11 +148,15 @@ mod tests {
 
     #[test]
     fn overlap_is_over_the_shorter_phase() {
-        assert_eq!(overlap((0, 100), (0, 100)), 1.0);
+        const S: u64 = 1_000_000;
+        assert_eq!(overlap((0, S), (0, S)), 1.0);
         // A short host inside a long one (a rate-limited host takes longer): merged.
-        assert_eq!(overlap((10, 20), (0, 1000)), 1.0);
-        assert_eq!(overlap((0, 100), (50, 150)), 0.5);
-        assert_eq!(overlap((0, 100), (200, 300)), 0.0);
+        assert_eq!(overlap((10 * S, 20 * S), (0, 1000 * S)), 1.0);
+        // Half a second apart in one-second phases: the slack forgives 50 ms of it.
+        assert_eq!(overlap((0, S), (S / 2, 3 * S / 2)), 0.55);
+        assert_eq!(overlap((0, S), (2 * S, 3 * S)), 0.0);
+        // A run of 2 ms with hosts 1 ms apart: started together.
+        assert_eq!(overlap((0, 2_000), (1_000, 3_000)), 1.0);
         assert_eq!(overlap((5, 5), (0, 10)), 1.0);
     }
 }

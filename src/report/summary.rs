@@ -237,7 +237,7 @@ fn hosts_section(md: &mut String, points: &[Point]) {
         "Each host's own figures (mean over repeats) beside the merged point: its connections, \
          its verified requests per second, the seed's AvgTotalDuration and AvgResponseTime over \
          its connections, and the p99 of its round trips. Hosts are merged only when their \
-         measured phases overlapped by at least 90 % (of the shorter).\n"
+         measured phases overlapped by at least 90 % of the shorter, allowing 50 ms for the start.\n"
     );
     let _ = writeln!(
         md,
