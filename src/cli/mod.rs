@@ -19,8 +19,8 @@ mod values;
 use crate::client::{self, ClientConfig, Phases};
 use crate::matrix::{self, MatrixConfig, Target};
 use values::{
-    parse_buffer_size, parse_buffers, parse_open_fd, parse_positive_ms, parse_positive_secs, parse_rate,
-    parse_secs_or_zero, parse_server, parse_size, parse_target,
+    parse_buffer_size, parse_buffers, parse_hosts, parse_open_fd, parse_positive_ms, parse_positive_secs, parse_rate,
+    parse_secs_or_zero, parse_server, parse_size, parse_target, HostList,
 };
 
 #[derive(Parser, Debug)]
@@ -553,14 +553,6 @@ impl MatrixArgs {
             server_bind: self.server_bind,
         })
     }
-}
-
-/// `--client-hosts`, parsed whole (one value, not one per comma).
-#[derive(Clone, Debug)]
-struct HostList(Vec<crate::hosts::HostSpec>);
-
-fn parse_hosts(s: &str) -> Result<HostList, String> {
-    crate::hosts::parse_list(s).map(HostList)
 }
 
 /// Folds clap's multi-line error into one line: the error, the possible values, and a

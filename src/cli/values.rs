@@ -90,3 +90,11 @@ pub(super) fn parse_size(s: &str) -> Result<usize, String> {
     }
     Ok(v)
 }
+
+/// `--client-hosts`, parsed whole (one value, not one per comma).
+#[derive(Clone, Debug)]
+pub(super) struct HostList(pub(super) Vec<crate::hosts::HostSpec>);
+
+pub(super) fn parse_hosts(s: &str) -> Result<HostList, String> {
+    crate::hosts::parse_list(s).map(HostList)
+}

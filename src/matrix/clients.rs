@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ringbench_backends::sys;
 
-use super::MatrixConfig;
+use super::{open_loop_args, MatrixConfig};
 use crate::client::shard::Shard;
 use crate::client::{ClientConfig, ClientReport};
 use crate::files;
@@ -109,13 +109,9 @@ pub fn run(
         let mut args = workload.to_vec();
         args.extend(["--connections".into(), share.to_string(), "--label".into(), label.clone()]);
         args.extend(["--first-thread".into(), first.to_string(), "--shard-child".into()]);
-        if let (Some(r), Some(d)) = (rate, h.cfg.duration_s) {
+        if let Some(r) = rate {
             // Each host offers its connections' share of the rate.
-            let part = r as f64 * share as f64 / connections.max(1) as f64;
-            args.extend(["--rate".into(), part.to_string(), "--duration".into(), d.to_string()]);
-            if let Some(w) = h.cfg.warmup_s.filter(|w| *w > 0.0) {
-                args.extend(["--warmup".into(), w.to_string()]);
-            }
+            args.extend(open_loop_args(h.cfg, r as f64 * share as f64 / connections.max(1) as f64));
         }
         let log_path = file(&format!("client-{label}.log"));
         let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create '{log_path}'"))?;

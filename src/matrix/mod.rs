@@ -139,6 +139,17 @@ fn describe_pinning(cfg: &MatrixConfig) -> String {
     }
 }
 
+/// An open loop's arguments for a client offering `rate_rps`: the rate, the measured
+/// window and the warm-up.
+fn open_loop_args(cfg: &MatrixConfig, rate_rps: f64) -> Vec<String> {
+    let Some(d) = cfg.duration_s else { return Vec::new() };
+    let mut args = vec!["--rate".into(), rate_rps.to_string(), "--duration".into(), d.to_string()];
+    if let Some(w) = cfg.warmup_s.filter(|w| *w > 0.0) {
+        args.extend(["--warmup".into(), w.to_string()]);
+    }
+    args
+}
+
 /// One run of the plan.
 pub struct Planned {
     pub key: RunKey,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ringbench_backends::sys;
 
-use super::{clients, Contender, MatrixConfig, Planned, Target};
+use super::{clients, open_loop_args, Contender, MatrixConfig, Planned, Target};
 use crate::files;
 use crate::hosts::Network;
 use crate::results::{ClientSummary, Pass, ServerProcRecord};
@@ -153,12 +153,7 @@ pub fn one(ctx: &Ctx<'_>, p: &Planned) -> anyhow::Result<Outcome> {
     } else {
         let mut args = workload;
         args.extend(["--connections".into(), p.key.connections.to_string(), "--label".into(), label.clone()]);
-        if let (Some(rate), Some(d)) = (p.key.rate, cfg.duration_s) {
-            args.extend(["--rate".into(), rate.to_string(), "--duration".into(), d.to_string()]);
-            if let Some(w) = cfg.warmup_s.filter(|w| *w > 0.0) {
-                args.extend(["--warmup".into(), w.to_string()]);
-            }
-        }
+        args.extend(p.key.rate.map(|r| open_loop_args(cfg, r as f64)).unwrap_or_default());
         args.extend(["--out".into(), file(&format!("client-{label}.csv")), "--json".into()]);
         args.extend([file(&format!("client-{label}.json")), "--phase-fd".into(), PHASE_FD.to_string()]);
         args.extend(["--spectrum".into(), file("spectrum")]);

@@ -10,7 +10,7 @@
 //! milliseconds would fail on a skew of one.
 
 use super::load::ClientPart;
-use super::points::Spread;
+use super::stats::Spread;
 use crate::results::{ClientSummary, RunKey};
 
 /// The share of the shorter phase that must lie within the other for two hosts to merge.

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use super::load::{ClientPart, Run};
 use super::metrics::{index, Metric, RunView, METRICS};
 use super::per_host::{self, HostFigures, HostPoint};
+pub use super::stats::Spread;
 use crate::results::{decode_histogram, ClientSummary, Pass, RunKey, ThreadRow};
 
 /// The figures of one run, over all its client hosts.
@@ -149,38 +150,6 @@ fn problems(key: &RunKey, run: &Run, clients: &[&ClientPart], f: &RunFigures) ->
     p
 }
 
-/// A figure over the repeats of one point.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Spread {
-    pub mean: f64,
-    /// Sample standard deviation (0 with one repeat).
-    pub sd: f64,
-    pub min: f64,
-    pub max: f64,
-    /// Each repeat's value, by repeat number.
-    pub samples: Vec<(usize, f64)>,
-}
-
-impl Spread {
-    /// The spread of `samples`; `None` when there are none.
-    pub fn of(samples: Vec<(usize, f64)>) -> Option<Spread> {
-        if samples.is_empty() {
-            return None;
-        }
-        let n = samples.len() as f64;
-        let mean = samples.iter().map(|s| s.1).sum::<f64>() / n;
-        let var =
-            if samples.len() > 1 { samples.iter().map(|s| (s.1 - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-        Some(Spread {
-            mean,
-            sd: var.sqrt(),
-            min: samples.iter().map(|s| s.1).fold(f64::INFINITY, f64::min),
-            max: samples.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max),
-            samples,
-        })
-    }
-}
-
 /// One point of the sweep (backend × connections × size), over its repeats.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Point {
@@ -295,17 +264,4 @@ pub fn sizes(points: &[Point]) -> Vec<usize> {
     s.sort_unstable();
     s.dedup();
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spread_is_mean_sd_min_max() {
-        let s = Spread::of(vec![(1, 1.0), (2, 2.0), (3, 6.0)]).unwrap();
-        assert_eq!((s.mean, s.min, s.max), (3.0, 1.0, 6.0));
-        assert!((s.sd - 7f64.sqrt()).abs() < 1e-12);
-        assert_eq!(Spread::of(Vec::new()), None);
-    }
 }

@@ -4,7 +4,37 @@
 //! logarithms of those ratios (ratios multiply; their logs add), turned back into a ratio:
 //! a 95 % interval for the geometric mean ratio.
 
-use super::points::Spread;
+/// A figure over the repeats of one point.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Spread {
+    pub mean: f64,
+    /// Sample standard deviation (0 with one repeat).
+    pub sd: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Each repeat's value, by repeat number.
+    pub samples: Vec<(usize, f64)>,
+}
+
+impl Spread {
+    /// The spread of `samples`; `None` when there are none.
+    pub fn of(samples: Vec<(usize, f64)>) -> Option<Spread> {
+        if samples.is_empty() {
+            return None;
+        }
+        let n = samples.len() as f64;
+        let mean = samples.iter().map(|s| s.1).sum::<f64>() / n;
+        let var =
+            if samples.len() > 1 { samples.iter().map(|s| (s.1 - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        Some(Spread {
+            mean,
+            sd: var.sqrt(),
+            min: samples.iter().map(|s| s.1).fold(f64::INFINITY, f64::min),
+            max: samples.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max),
+            samples,
+        })
+    }
+}
 
 /// One server against the baseline at one point.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,6 +115,14 @@ pub fn t_975(df: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_is_mean_sd_min_max() {
+        let s = Spread::of(vec![(1, 1.0), (2, 2.0), (3, 6.0)]).unwrap();
+        assert_eq!((s.mean, s.min, s.max), (3.0, 1.0, 6.0));
+        assert!((s.sd - 7f64.sqrt()).abs() < 1e-12);
+        assert_eq!(Spread::of(Vec::new()), None);
+    }
 
     fn spread(v: &[f64]) -> Spread {
         Spread::of(v.iter().enumerate().map(|(i, &x)| (i + 1, x)).collect()).unwrap()
