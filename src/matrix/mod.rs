@@ -210,6 +210,14 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
         Ok(()) => "perf stat -e raw_syscalls:sys_enter, in a run of its own".to_string(),
         Err(why) => format!("n/a ({why})"),
     });
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&interrupted)).context("cannot install signal handlers")?;
+    }
+    // After the handlers (a Ctrl-C from here on ends the runs; the network is removed when
+    // it goes out of scope, on every way out of this function) and before the probe, so a
+    // host that cannot be made fails the sweep at once.
+    let network = Network::build(&cfg.client_hosts, cfg.server_netns)?;
     let probe = if cfg.probe {
         eprintln!("ringbench matrix: probing this machine's costs (a few seconds)");
         match crate::probe::run(cfg.server_cpus.first().copied(), cfg.client_cpus.first().copied()) {
@@ -235,13 +243,6 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
         eprintln!("ringbench matrix: targets' syscalls will be n/a: {why}");
     }
     let plan = plan(cfg, &contenders, perf.is_ok());
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&interrupted)).context("cannot install signal handlers")?;
-    }
-    // After the handlers: a Ctrl-C from here on ends the runs, and the network is removed
-    // when it goes out of scope, on every way out of this function.
-    let network = Network::build(&cfg.client_hosts, cfg.server_netns)?;
     eprintln!(
         "ringbench matrix: {} runs ({} servers × {} connection counts × {} rates × {} sizes × {} repeats) into {}; {}",
         plan.len(),
