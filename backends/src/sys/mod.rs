@@ -298,6 +298,15 @@ pub fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout_ms: i32) -> io::Result<
     Ok(if n == 0 { 0 } else { pfd.revents })
 }
 
+/// Sets the calling thread's nice value (`setpriority(2)` on its thread id); lowering it
+/// below 0 needs CAP_SYS_NICE.
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority on our own thread id; it reads nothing from memory.
+    cvt(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) }).map(drop)
+}
+
 /// `setsockopt(2)` for an integer option.
 pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: `value` is a valid c_int for the duration of the call and its size is passed.
