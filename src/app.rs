@@ -33,7 +33,15 @@ pub fn main() -> ExitCode {
 }
 
 fn run_server(o: ServerOptions) -> anyhow::Result<ExitCode> {
-    let ServerOptions { variant, mut cfg, summary_json } = o;
+    let ServerOptions { variant, mut cfg, summary_json, counters_fd } = o;
+    if let Some(fd) = counters_fd {
+        // SAFETY: the parent gave us this descriptor open (checked while parsing) for us
+        // to map; nothing else in this process uses it, so we may own it.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let live = ringbench_backends::sys::LiveCounters::open(std::os::fd::AsFd::as_fd(&fd))
+            .with_context(|| format!("--counters-fd {}", std::os::fd::AsRawFd::as_raw_fd(&fd)))?;
+        cfg.live = Some(std::sync::Arc::new(live));
+    }
     if let Some(p) = &summary_json {
         files::check_writable(p)?;
     }

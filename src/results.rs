@@ -168,6 +168,10 @@ pub struct ClientSummary {
     pub measured_start_unix_us: u64,
     #[serde(default)]
     pub measured_end_unix_us: u64,
+    /// The first failed connection's error, so a summary without rows (a paired slice)
+    /// still says what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
 }
 
 /// How to read the latency figures; printed with them.
@@ -211,6 +215,10 @@ pub enum Pass {
     /// Only the server's syscalls, counted by `perf` in a run of its own because tracing
     /// costs CPU per syscall (`_p{n}`).
     Syscalls,
+    /// One server's life in one block of a paired point (`_session{block}`): its log, its
+    /// summary, its exit, and its clients' rows over every slice of the block. Its slices
+    /// are `Measure` runs, the repeat number being the round.
+    Session,
 }
 
 /// Which run a raw file belongs to.
@@ -230,18 +238,24 @@ impl RunKey {
     /// The file-name stem, e.g. `uring_c1000_s64_r2` (`_p1` for a syscall run,
     /// `_q20000` before it for an open loop at 20,000 req/s).
     pub fn stem(&self) -> String {
-        let p = match self.pass {
-            Pass::Measure => 'r',
-            Pass::Syscalls => 'p',
+        let run = match self.pass {
+            Pass::Measure => format!("r{}", self.repeat),
+            Pass::Syscalls => format!("p{}", self.repeat),
+            Pass::Session => format!("session{}", self.repeat),
         };
-        let q = self.rate.map_or(String::new(), |r| format!("_q{r}"));
-        format!("{}_c{}_s{}{q}_{p}{}", self.backend, self.connections, self.size_bytes, self.repeat)
+        format!("{}_{}_{run}", self.backend, self.place().stem())
+    }
+
+    /// Where in the sweep the run is.
+    pub fn place(&self) -> Place {
+        Place { connections: self.connections, size_bytes: self.size_bytes, rate: self.rate }
     }
 
     /// Parses a stem written by [`RunKey::stem`].
     pub fn parse(stem: &str) -> Option<RunKey> {
         let (rest, last) = stem.rsplit_once('_')?;
         let (pass, repeat) = match (last.strip_prefix('r'), last.strip_prefix('p')) {
+            _ if last.starts_with("session") => (Pass::Session, last["session".len()..].parse().ok()?),
             (Some(n), _) => (Pass::Measure, n.parse().ok()?),
             (_, Some(n)) => (Pass::Syscalls, n.parse().ok()?),
             _ => return None,
@@ -286,6 +300,10 @@ pub struct ServerProcRecord {
     pub cpu_proc_stat_s: Option<f64>,
     /// Wall time between the two samples.
     pub measured_s: Option<f64>,
+    /// A paired slice of a ringbench backend: the syscalls it counted itself over the
+    /// slice (read from its live counters, between the same two samples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<u64>,
     /// A syscall run: `raw_syscalls:sys_enter` counted by `perf stat -p PID`, from after
     /// the server was ready until it exited.
     pub perf_syscalls: Option<u64>,
@@ -295,6 +313,116 @@ pub struct ServerProcRecord {
     pub exit: String,
     /// Why the server could not be run (it never listened, it exited early).
     pub error: Option<String>,
+}
+
+/// The name of the A/A calibration's second instance of `baseline` (`--aa`).
+pub fn aa_name(baseline: &str) -> String {
+    format!("{baseline}-aa")
+}
+
+/// A place in a sweep: connections, request size, and the offered rate of an open loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Place {
+    pub connections: usize,
+    pub size_bytes: usize,
+    pub rate: Option<u64>,
+}
+
+impl Place {
+    /// `c1000_s64` (`_q20000` for an open loop at 20,000 req/s): the slice log's name.
+    pub fn stem(&self) -> String {
+        let q = self.rate.map_or(String::new(), |r| format!("_q{r}"));
+        format!("c{}_s{}{q}", self.connections, self.size_bytes)
+    }
+
+    /// The run of `server` here.
+    pub fn key(&self, server: &str, repeat: usize, pass: Pass) -> RunKey {
+        RunKey {
+            backend: server.to_string(),
+            connections: self.connections,
+            size_bytes: self.size_bytes,
+            rate: self.rate,
+            repeat,
+            pass,
+        }
+    }
+
+    /// Parses a stem written by [`Place::stem`].
+    pub fn parse(stem: &str) -> Option<Place> {
+        let probe = RunKey::parse(&format!("x_{stem}_r1"))?;
+        Some(probe.place())
+    }
+}
+
+/// The record of one paired point (`raw/{place}.slices.json`): how its rounds ran, which
+/// servers were set apart and why, and why it stopped. With the slices' own files it is
+/// all `ringbench report` needs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SliceLog {
+    pub place: Option<Place>,
+    /// The servers, in the order of the first round (the next round reverses it).
+    pub servers: Vec<String>,
+    pub slice_s: f64,
+    /// The precision asked for (± fraction), and the bounds on rounds and time.
+    pub precision_target: Option<f64>,
+    pub min_rounds: usize,
+    pub max_rounds: usize,
+    pub budget_s: f64,
+    pub rounds: usize,
+    /// Why no more rounds were run.
+    pub stopped: String,
+    /// Wall time of the rounds, in seconds.
+    pub elapsed_s: f64,
+    pub slices: Vec<SliceRecord>,
+    /// The blocks: each starts every server afresh, in its own order.
+    #[serde(default)]
+    pub blocks: Vec<BlockRecord>,
+    /// Servers stopped (SIGSTOP) outside their own slices because they used CPU while
+    /// not loaded.
+    pub isolated: Vec<Isolation>,
+    /// What kept a server from taking part (it did not start, a client host failed).
+    pub failures: Vec<String>,
+}
+
+/// One slice of a paired point.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SliceRecord {
+    pub round: usize,
+    pub server: String,
+    pub start_unix_us: u64,
+    pub end_unix_us: u64,
+    /// CPU seconds every other server used during this slice (each should be ~0).
+    pub others_cpu_s: Vec<(String, f64)>,
+    /// The other servers whose CPU moved during this slice: its round is left out.
+    pub disturbed_by: Vec<String>,
+}
+
+/// One block of a paired point: the servers started afresh in `start_order`, then rounds
+/// `first_round..=last_round`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockRecord {
+    pub block: usize,
+    pub start_order: Vec<String>,
+    pub first_round: usize,
+    pub last_round: usize,
+}
+
+/// A server set apart in a paired point.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Isolation {
+    pub server: String,
+    /// The round from which it was stopped outside its slices (0: before the first).
+    pub from_round: usize,
+    pub why: String,
+}
+
+impl SliceLog {
+    /// Rounds with a disturbed slice: left out of every comparison at this point.
+    pub fn disturbed_rounds(&self) -> Vec<usize> {
+        let mut r: Vec<usize> = self.slices.iter().filter(|s| !s.disturbed_by.is_empty()).map(|s| s.round).collect();
+        r.dedup();
+        r
+    }
 }
 
 impl std::fmt::Display for ClientSummary {
@@ -373,7 +501,13 @@ mod tests {
         assert_eq!(RunKey::parse(&k.stem()), Some(k.clone()));
         k.rate = Some(20_000);
         assert_eq!(k.stem(), "uring-no-bufring_c1500_s64_q20000_p3");
-        assert_eq!(RunKey::parse(&k.stem()), Some(k));
+        assert_eq!(RunKey::parse(&k.stem()), Some(k.clone()));
+        k.pass = Pass::Session;
+        k.repeat = 2;
+        assert_eq!(k.stem(), "uring-no-bufring_c1500_s64_q20000_session2");
+        assert_eq!(RunKey::parse(&k.stem()), Some(k.clone()));
+        assert_eq!(k.place().stem(), "c1500_s64_q20000");
+        assert_eq!(Place::parse("c1500_s64_q20000"), Some(k.place()));
         assert_eq!(RunKey::parse("notes"), None);
         assert_eq!(RunKey::parse("_c1_s1_r1"), None);
     }

@@ -6,6 +6,7 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -45,11 +46,24 @@ pub struct Spec {
     pub readiness: Readiness,
     /// Every line of its stderr (and stdout) is copied here.
     pub output_log: Option<PathBuf>,
+    /// A descriptor of ours it gets as descriptor [`PASSED_FD`] (the live counters).
+    pub pass_fd: Option<RawFd>,
 }
+
+/// The descriptor number a server gets [`Spec::pass_fd`] as.
+pub const PASSED_FD: RawFd = 3;
 
 impl Spec {
     pub fn new(program: impl Into<PathBuf>, args: Vec<String>, readiness: Readiness) -> Spec {
-        Spec { program: program.into(), args, cpus: Vec::new(), nofile: None, readiness, output_log: None }
+        Spec {
+            program: program.into(),
+            args,
+            cpus: Vec::new(),
+            nofile: None,
+            readiness,
+            output_log: None,
+            pass_fd: None,
+        }
     }
 }
 
@@ -84,11 +98,11 @@ impl ServerProc {
     pub fn spawn(spec: Spec, ready_within: Duration) -> anyhow::Result<ServerProc> {
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-        let (cpus, nofile) = (spec.cpus.clone(), spec.nofile);
-        // SAFETY: the hook makes at most two syscalls (sched_setaffinity, setrlimit) on
-        // stack data: no allocation or lock, as is required between fork and exec.
+        let (cpus, nofile, pass_fd) = (spec.cpus.clone(), spec.nofile, spec.pass_fd);
+        // SAFETY: the hook makes at most three syscalls (sched_setaffinity, setrlimit,
+        // dup2) on stack data: no allocation or lock, as is required between fork and exec.
         unsafe {
-            cmd.pre_exec(move || pre_exec(&cpus, nofile));
+            cmd.pre_exec(move || pre_exec(&cpus, nofile, pass_fd));
         }
         let mut child = cmd.spawn().with_context(|| format!("cannot start '{}'", spec.program.display()))?;
         let log = match &spec.output_log {
@@ -254,12 +268,15 @@ impl Drop for ServerProc {
     }
 }
 
-fn pre_exec(cpus: &[usize], nofile: Option<u64>) -> io::Result<()> {
+fn pre_exec(cpus: &[usize], nofile: Option<u64>, pass_fd: Option<RawFd>) -> io::Result<()> {
     if !cpus.is_empty() {
         sys::set_affinity(cpus)?;
     }
     if let Some(n) = nofile {
         sys::set_nofile_limit(n)?;
+    }
+    if let Some(fd) = pass_fd {
+        sys::dup_to(fd, PASSED_FD)?;
     }
     Ok(())
 }

@@ -168,6 +168,8 @@ fn a_rate_sweep_reports_each_rate_its_knee_and_the_highest_rate_held() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbench"))
         .args(["matrix", "--connections", "20", "--rates", "1000,3000", "--duration", "0.6", "--warmup", "0.1"])
         .args(["--engine", "epoll", "--repeats", "2", "--backends", "epoll,uring", "--slo-ms", "1000", "--no-probe"])
+        // Fresh servers: each run writes its own spectrum files (checked at the end).
+        .arg("--fresh-servers")
         .arg("--out")
         .arg(dir.path())
         .output()

@@ -77,6 +77,7 @@ fn write_client(raw: &Path, stem: &str, label: &str, rows: &[ThreadRow], through
         lateness_histogram: String::new(),
         measured_start_unix_us: 0,
         measured_end_unix_us: 0,
+        first_error: None,
     };
     std::fs::write(raw.join(format!("{stem}.client-{label}.json")), serde_json::to_string(&s).unwrap()).unwrap();
 }
@@ -275,7 +276,7 @@ fn report_of_an_empty_directory_is_one_clear_line() {
     assert!(err.contains("no runs"), "{err}");
 }
 
-/// The whole pipeline at toy size: both backends, fresh servers, raw files, report.
+/// The whole pipeline at toy size: both backends in paired slices, raw files, report.
 #[test]
 fn matrix_runs_both_backends_and_writes_every_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -290,7 +291,8 @@ fn matrix_runs_both_backends_and_writes_every_output() {
     assert!(rows.iter().all(|r| &r[2] == "Success"), "{rows:?}");
     let backends: Vec<&str> = rows.iter().map(|r| &r[0]).collect();
     assert_eq!(backends, ["epoll", "uring", "epoll", "uring"]);
-    for f in ["env.json", "summary.md", "overall.json", "raw/uring_c8_s64_r1.server.json", "plots/throughput.png"] {
+    for f in ["env.json", "summary.md", "overall.json", "raw/uring_c8_s64_session1.server.json", "plots/throughput.png"]
+    {
         assert!(dir.path().join(f).exists(), "{f}");
     }
     let env: serde_json::Value =
@@ -330,6 +332,8 @@ fn cpu_is_sampled_over_the_whole_measured_phase() {
             "--backends",
             "epoll",
             "--no-probe",
+            // The client's own marks bracket a fresh server's run.
+            "--fresh-servers",
         ])
         .arg("--out")
         .arg(dir.path())

@@ -102,7 +102,7 @@ impl<'a> Router<'a> {
         let shared = self.shared;
         self.out_of_fds.recovered(shared);
         shared.accepted.fetch_add(1, Ordering::Relaxed);
-        let meter = ConnMeter::new(peer, fd.as_raw_fd());
+        let meter = ConnMeter::new(peer, fd.as_raw_fd()).with_spin(shared.cfg.spin_per_read);
         let worker = self.next % self.inboxes.len().max(1);
         self.next = self.next.wrapping_add(1);
         let turned_away = if shared.stop.is_set() {

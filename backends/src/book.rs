@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sys::{unix_now_s, Syscalls};
+use crate::sys::{unix_now_s, LiveCounters, Syscalls};
 
 /// Why a connection ended. Exactly one reason per connection, in its one log row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -71,11 +71,20 @@ pub struct ConnMeter {
     pub reads: u64,
     /// The last time bytes moved either way (for `--idle-timeout`).
     pub last_active: Instant,
+    /// A test server made slower on purpose (`--spin-ns-per-read`): CPU burnt per read.
+    pub spin: Option<std::time::Duration>,
 }
 
 impl ConnMeter {
     pub fn new(peer: SocketAddr, fd: i32) -> Self {
-        ConnMeter { peer, fd, opened_unix_s: unix_now_s(), bytes: 0, reads: 0, last_active: Instant::now() }
+        ConnMeter { peer, fd, opened_unix_s: unix_now_s(), bytes: 0, reads: 0, last_active: Instant::now(), spin: None }
+    }
+
+    /// The same, burning `spin` of CPU on every read (a server slower by a known amount,
+    /// to check that a sweep finds it slower by that much).
+    pub fn with_spin(mut self, spin: Option<std::time::Duration>) -> Self {
+        self.spin = spin.filter(|d| !d.is_zero());
+        self
     }
 
     /// Counts one read that returned `n > 0` bytes, at `now`.
@@ -84,6 +93,14 @@ impl ConnMeter {
         self.reads += 1;
         self.bytes += n as u64;
         self.last_active = now;
+        if let Some(d) = self.spin {
+            // Busy, not asleep: the point is CPU time (the clock read is a vDSO call). From
+            // now, not from `now`, which is when the batch of events began.
+            let t = Instant::now();
+            while t.elapsed() < d {
+                std::hint::spin_loop();
+            }
+        }
     }
 
     /// Bytes moved the other way (an echo went out) at `now`.
@@ -153,11 +170,19 @@ pub struct ThreadBook {
     pub id: usize,
     pub stats: ThreadStats,
     pub rows: Vec<ConnRecord>,
+    /// The syscalls already added to the live counters.
+    published: Published,
 }
 
 impl ThreadBook {
     pub fn new(id: usize) -> ThreadBook {
         ThreadBook { id, ..ThreadBook::default() }
+    }
+
+    /// Adds the syscalls made since the last call to `live` (once per loop turn).
+    #[inline]
+    pub fn publish(&mut self, live: &LiveCounters) {
+        self.published.publish(live, self.id, &self.stats.syscalls);
     }
 
     /// Books the end of a connection: its one log row, closed now for `reason`.
@@ -174,5 +199,22 @@ impl ThreadBook {
         self.stats.bytes += row.bytes;
         self.stats.reads += row.reads;
         self.rows.push(row);
+    }
+}
+
+/// How many of a thread's syscalls it has added to the live counters, so each turn adds
+/// only what is new.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Published(u64);
+
+impl Published {
+    /// Adds what `calls` counted since the last call to `live`'s slot for thread `id`.
+    #[inline]
+    pub fn publish(&mut self, live: &LiveCounters, id: usize, calls: &Syscalls) {
+        let total = calls.total();
+        if total > self.0 {
+            live.add(id, total - self.0);
+            self.0 = total;
+        }
     }
 }

@@ -4,11 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::notice::NoticeSink;
+use crate::sys::LiveCounters;
 
 /// The listen backlog we ask for. The kernel caps it at `net.core.somaxconn` (4096 by
 /// default on current kernels); asking for more costs nothing and helps where it is raised.
@@ -80,6 +82,11 @@ pub struct ServerConfig {
     pub max_threads: Option<usize>,
     /// Where notices go as they happen (they are also kept for the summary).
     pub notices: Option<NoticeSink>,
+    /// Counters shared with a measuring process (`--counters-fd`); `None`: private ones.
+    pub live: Option<Arc<LiveCounters>>,
+    /// CPU burnt on every read (`--spin-ns-per-read`): a server slower on purpose, to
+    /// check that a sweep finds a known difference.
+    pub spin_per_read: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +101,8 @@ impl Default for ServerConfig {
             uring: UringOptions::default(),
             max_threads: None,
             notices: None,
+            live: None,
+            spin_per_read: None,
         }
     }
 }

@@ -4,14 +4,14 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::book::ThreadBook;
 use crate::config::ServerConfig;
 use crate::log::ConnLog;
 use crate::notice::{Notice, Notices};
-use crate::sys;
+use crate::sys::{self, LiveCounters};
 
 /// How far a stop has gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,11 +86,14 @@ pub struct Shared {
     /// Resource usage when set-up ended (rings, buffers, threads), so the summary's CPU
     /// counts serving only and short runs are not dominated by start-up.
     ready: Mutex<Option<(libc::rusage, Instant)>>,
+    /// Syscalls so far, for whoever measures the server while it runs.
+    pub live: Arc<LiveCounters>,
 }
 
 impl Shared {
     pub fn new(cfg: ServerConfig, log: ConnLog) -> io::Result<Shared> {
         let notices = Notices::new(cfg.notices.clone());
+        let cfg_live = cfg.live.clone().unwrap_or_else(|| Arc::new(LiveCounters::private()));
         Ok(Shared {
             workers: cfg.worker_count(),
             cfg,
@@ -100,6 +103,7 @@ impl Shared {
             open: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
             ready: Mutex::new(None),
+            live: cfg_live,
         })
     }
 
@@ -120,9 +124,11 @@ impl Shared {
         self.cfg.max_conns.is_some_and(|max| self.open.load(Ordering::Relaxed) >= max)
     }
 
-    /// Hands the rows `book` has gathered to the log.
+    /// Hands the rows `book` has gathered to the log, and its new syscalls to the live
+    /// counters: every backend calls this once per loop turn.
     pub fn write_rows(&self, book: &mut ThreadBook) {
         self.log.append(&mut book.rows, &self.notices);
+        book.publish(&self.live);
     }
 
     pub fn notify(&self, n: Notice) {

@@ -253,7 +253,7 @@ fn read_buffer() -> io::Result<Vec<u8>> {
 /// stop; then its row, its counters, and its slot back.
 fn conn_thread(shared: &Shared, live: &Live, conn: &Conn, buf: Vec<u8>) {
     let mut book = ThreadBook::new(conn.slot);
-    let reason = echo(shared, conn, buf, &mut book.stats.syscalls);
+    let reason = echo(shared, conn, buf, &mut book);
     let reason = if conn.stopped.load(Ordering::Acquire) { CloseReason::Shutdown } else { reason };
     conn.book_once(&mut book, shared, reason, true);
     // The descriptor closes when the acceptor's handle goes too (now, or at its stop).
@@ -263,8 +263,15 @@ fn conn_thread(shared: &Shared, live: &Live, conn: &Conn, buf: Vec<u8>) {
 }
 
 /// Reads and echoes until the connection ends; returns why.
-fn echo(shared: &Shared, conn: &Conn, mut buf: Vec<u8>, sc: &mut Syscalls) -> CloseReason {
+fn echo(shared: &Shared, conn: &Conn, mut buf: Vec<u8>, book: &mut ThreadBook) -> CloseReason {
+    let reason = echo_until_done(shared, conn, &mut buf, book);
+    book.publish(&shared.live);
+    reason
+}
+
+fn echo_until_done(shared: &Shared, conn: &Conn, buf: &mut [u8], book: &mut ThreadBook) -> CloseReason {
     if let Some(idle) = shared.cfg.idle_timeout {
+        let sc = &mut book.stats.syscalls;
         // A read or write that waits this long returns EAGAIN: the connection was idle.
         sc.count(Sys::Setsockopt);
         sc.count(Sys::Setsockopt);
@@ -273,13 +280,15 @@ fn echo(shared: &Shared, conn: &Conn, mut buf: Vec<u8>, sc: &mut Syscalls) -> Cl
         }
     }
     loop {
-        match sc.read(conn.fd.as_fd(), &mut buf) {
+        match book.stats.syscalls.read(conn.fd.as_fd(), buf) {
             Ok(0) => return CloseReason::Eof,
             Ok(n) => {
                 conn.meter().on_read(n, Instant::now());
-                if let Err(r) = write_all(conn, &buf[..n], sc) {
+                if let Err(r) = write_all(conn, &buf[..n], &mut book.stats.syscalls) {
                     return r;
                 }
+                // This thread's turn is one echo: its syscalls go to the live counters now.
+                book.publish(&shared.live);
                 // A busy thread stops itself: under thousands of runnable threads the
                 // acceptor's shutdown() of each socket would reach this one only after
                 // waiting its turn behind all the others (minutes at 4000 clients).

@@ -14,13 +14,17 @@ use ringbench_backends::config::{
 };
 use ringbench_backends::{ServerConfig, Variant, DEFAULT_COALESCE_US, SWITCHES};
 
+mod matrix_args;
 mod values;
 
+use matrix_args::MatrixArgs;
+pub use matrix_args::{DEFAULT_BUDGET_S, DEFAULT_MAX_ROUNDS, DEFAULT_MIN_ROUNDS, DEFAULT_PRECISION};
+
 use crate::client::{self, ClientConfig, Phases};
-use crate::matrix::{self, MatrixConfig, Target};
+use crate::matrix::{self, MatrixConfig};
 use values::{
-    parse_buffer_size, parse_buffers, parse_hosts, parse_open_fd, parse_positive_ms, parse_positive_secs, parse_rate,
-    parse_secs_or_zero, parse_server, parse_size, parse_target, HostList,
+    parse_buffer_size, parse_buffers, parse_open_fd, parse_positive_ms, parse_positive_secs, parse_rate, parse_server,
+    parse_size,
 };
 
 #[derive(Parser, Debug)]
@@ -94,6 +98,14 @@ struct ServerArgs {
     max_threads: Option<u64>,
     #[command(flatten)]
     switches: SwitchFlags,
+    /// Publish the syscall count live into this shared-memory descriptor (given by a
+    /// sweep, which reads it at every slice boundary).
+    #[arg(long, hide = true, value_name = "FD", value_parser = parse_open_fd)]
+    counters_fd: Option<i32>,
+    /// A server slower on purpose: burn this many nanoseconds of CPU on every read (to
+    /// check that a sweep finds a known difference).
+    #[arg(long, hide = true, value_name = "NS", value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    spin_ns_per_read: Option<u64>,
     /// io_uring: provided buffers per worker (a power of two, 1 to 32768).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_URING_BUFFERS, value_parser = parse_buffers)]
     uring_buffers: u16,
@@ -213,109 +225,6 @@ struct ClientArgs {
 }
 
 #[derive(Args, Debug)]
-struct MatrixArgs {
-    /// Connection counts to sweep [default: 100,200,500,1000,1500,2000,2500,3000,4000].
-    #[arg(long, value_delimiter = ',', value_name = "N,N,...", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    connections: Vec<u64>,
-    /// Backends (and variants such as uring-no-bufring) to compare, interleaved [default: epoll,uring].
-    #[arg(long, value_delimiter = ',', value_name = "NAME,NAME,...", value_parser = Variant::parse)]
-    backends: Vec<Variant>,
-    /// Requests per connection [default: 100].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    requests: Option<u64>,
-    /// Bytes per request; a list sweeps sizes too [default: 64].
-    #[arg(long, value_delimiter = ',', value_name = "BYTES,...", value_parser = parse_size)]
-    size: Vec<usize>,
-    /// Repeats of each point [default: 3]. Servers alternate within each repeat, so each
-    /// repeat is a pair for the confidence intervals.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
-    repeats: Option<u64>,
-    /// Each run repeats its workload in rounds until it lasts this long [default: 1; 0:
-    /// one round, the seed's workload exactly].
-    #[arg(long, value_name = "SECS", value_parser = parse_secs_or_zero)]
-    min_run_s: Option<f64>,
-    /// The server every other is compared with [default: epoll, else the first].
-    #[arg(long, value_name = "NAME")]
-    baseline: Option<String>,
-    /// Skip `ringbench probe` before the sweep (env.json then has no probe figures).
-    #[arg(long)]
-    no_probe: bool,
-    /// Open-loop rates to sweep at each connection count, requests per second over all
-    /// connections (needs --duration): where each server's latency knee is.
-    #[arg(long, value_delimiter = ',', value_name = "REQ/S,...", value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
-    rates: Vec<u64>,
-    /// The client engine: threads (a thread per connection) or epoll (event loops).
-    #[arg(long, value_enum, default_value = "threads")]
-    engine: EngineArg,
-    /// Each run's measured window with --rates; without, how long each closed-loop run lasts.
-    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
-    duration: Option<Duration>,
-    /// With --rates: a warm-up before each measured window.
-    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
-    warmup: Option<Duration>,
-    /// A latency objective: summary.md names the highest rate each server held with a
-    /// corrected p99 at or under this many milliseconds.
-    #[arg(long, value_name = "MS", value_parser = parse_positive_ms)]
-    slo_ms: Option<f64>,
-    /// Server worker threads [default: one per server CPU].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    workers: Option<u32>,
-    /// Output directory (default: results/UTC-TIMESTAMP, e.g. results/2026-11-29T03-07-51Z).
-    #[arg(long, value_name = "DIR")]
-    out: Option<PathBuf>,
-    /// A smoke sweep in seconds: 50 and 200 connections, 20 requests, 1 repeat.
-    #[arg(long)]
-    quick: bool,
-    /// CPUs for the server [default: the first half of the CPUs this process may use].
-    #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
-    server_cpus: Vec<usize>,
-    /// CPUs for the client [default: the other half].
-    #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
-    client_cpus: Vec<usize>,
-    /// Do not pin the server and the client to CPUs.
-    #[arg(long)]
-    no_pin: bool,
-    /// Client timeout for every connect, read and write, in seconds.
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_positive_secs)]
-    timeout: Duration,
-    /// How long a server may take to be ready (report listening, or accept a connection).
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_positive_secs)]
-    ready_timeout: Duration,
-    /// Names this client host in the raw files and rows (default: the hostname).
-    #[arg(long)]
-    label: Option<String>,
-    /// An extra `ringbench server` argument for every run (repeatable), e.g. --server-arg=--coalesce-us=0.
-    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
-    server_args: Vec<String>,
-    /// An extra `ringbench client` argument for every run (repeatable), e.g. --client-arg=--processes=2.
-    #[arg(long = "client-arg", value_name = "ARG", allow_hyphen_values = true)]
-    client_args: Vec<String>,
-    /// Any server in the same sweep, beside the backends (repeatable): NAME='COMMAND ...
-    /// {port}'. {port} becomes a free port; the command is exec'd by sh, in its own process
-    /// group, pinned like the backends; it is ready once the port accepts a connection.
-    #[arg(long = "target", value_name = "NAME=COMMAND", value_parser = parse_target)]
-    targets: Vec<Target>,
-    /// Where the clients run, the connections split evenly: local, netns:NAME[:rate=100mbit]
-    /// (a namespace over a veth link, addresses from 198.18.0.0/15; needs root), or
-    /// ssh:[user@]host; e.g. netns:a,netns:b:rate=100mbit [default: local].
-    #[arg(long, value_name = "SPEC,SPEC,...", value_parser = parse_hosts)]
-    client_hosts: Option<HostList>,
-    /// Put the server in a namespace of its own too, so both ends leave loopback (netns
-    /// client hosts only).
-    #[arg(long)]
-    server_netns: bool,
-    /// What runs a client on an ssh host, words split on spaces (a stand-in for tests).
-    #[arg(long, default_value = "ssh", value_name = "COMMAND")]
-    ssh_command: String,
-    /// The ringbench binary on ssh hosts.
-    #[arg(long, default_value = "ringbench", value_name = "PATH")]
-    remote_ringbench: String,
-    /// The address the server binds to for ssh hosts: one of this machine's they can reach.
-    #[arg(long, value_name = "ADDR")]
-    server_bind: Option<std::net::IpAddr>,
-}
-
-#[derive(Args, Debug)]
 struct ReportArgs {
     /// A sweep directory (the --out of `ringbench matrix`), holding raw/.
     dir: PathBuf,
@@ -335,7 +244,7 @@ struct ReportArgs {
 pub enum Task {
     Server(ServerOptions),
     Client(ClientOptions),
-    Matrix(MatrixConfig),
+    Matrix(Box<MatrixConfig>),
     Report { dir: PathBuf, opts: crate::report::Options },
     Probe { server_cpu: Option<usize>, client_cpu: Option<usize>, json: Option<PathBuf> },
 }
@@ -344,6 +253,8 @@ pub struct ServerOptions {
     pub variant: Variant,
     pub cfg: ServerConfig,
     pub summary_json: Option<PathBuf>,
+    /// The live counters' descriptor, mapped when the server starts.
+    pub counters_fd: Option<i32>,
 }
 
 pub struct ClientOptions {
@@ -394,7 +305,7 @@ fn task(c: Command) -> Result<Task, UsageError> {
     Ok(match c {
         Command::Server(a) => Task::Server(a.into_options()),
         Command::Client(a) => Task::Client(a.into_options()),
-        Command::Matrix(a) => Task::Matrix((*a).into_config()?),
+        Command::Matrix(a) => Task::Matrix(Box::new((*a).into_config()?)),
         Command::Report(a) => Task::Report {
             dir: a.dir,
             opts: crate::report::Options { order: a.backends, baseline: a.baseline, slo_ms: a.slo_ms },
@@ -420,6 +331,7 @@ impl ServerArgs {
             max_conns: self.max_conns.map(|n| n as usize),
             max_threads: self.max_threads.map(|n| n as usize),
             coalesce_us: self.coalesce_us,
+            spin_per_read: self.spin_ns_per_read.map(Duration::from_nanos),
             ..ServerConfig::default()
         };
         cfg.uring.buffers = self.uring_buffers;
@@ -429,7 +341,7 @@ impl ServerArgs {
         for s in &self.switches.0 {
             (s.apply)(&mut cfg);
         }
-        ServerOptions { variant: self.backend, cfg, summary_json: self.summary_json }
+        ServerOptions { variant: self.backend, cfg, summary_json: self.summary_json, counters_fd: self.counters_fd }
     }
 }
 
@@ -462,96 +374,6 @@ impl ClientArgs {
             cfg.phases = Phases::to(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
         }
         ClientOptions { cfg, out: self.out, json: self.json, spectrum: self.spectrum, shard_child: self.shard_child }
-    }
-}
-
-impl MatrixArgs {
-    fn into_config(self) -> Result<MatrixConfig, UsageError> {
-        let q = self.quick;
-        let pick = |v: Vec<u64>, quick: &[u64], full: &[u64]| -> Vec<usize> {
-            let v = if !v.is_empty() {
-                v
-            } else if q {
-                quick.to_vec()
-            } else {
-                full.to_vec()
-            };
-            v.into_iter().map(|x| x as usize).collect()
-        };
-        let (mut server_cpus, mut client_cpus) = matrix::default_pinning();
-        if !self.server_cpus.is_empty() || !self.client_cpus.is_empty() {
-            (server_cpus, client_cpus) = (self.server_cpus, self.client_cpus);
-        }
-        if self.no_pin {
-            (server_cpus, client_cpus) = (Vec::new(), Vec::new());
-        }
-        let allowed = ringbench_backends::sys::affinity().unwrap_or_default();
-        if let Some(c) = server_cpus.iter().chain(&client_cpus).find(|c| !allowed.contains(c)) {
-            return Err(UsageError(format!(
-                "--server-cpus/--client-cpus: CPU {c} is not one this process may use ({allowed:?})"
-            )));
-        }
-        let backends = if self.backends.is_empty() && self.targets.is_empty() {
-            vec!["epoll".into(), "uring".into()]
-        } else {
-            self.backends.into_iter().map(|v| v.name).collect::<Vec<String>>()
-        };
-        if !self.rates.is_empty() && self.duration.is_none() {
-            return Err(UsageError("--rates needs --duration: how long each rate is measured".into()));
-        }
-        if self.warmup.is_some() && self.rates.is_empty() {
-            return Err(UsageError("--warmup goes with --rates (an open loop)".into()));
-        }
-        let mut names: Vec<&str> = backends.iter().map(String::as_str).collect();
-        if let Some(b) = &self.baseline {
-            let known = backends.contains(b) || self.targets.iter().any(|t| &t.name == b);
-            if !known {
-                return Err(UsageError(format!("--baseline {b}: not one of the servers in this sweep")));
-            }
-        }
-        for t in &self.targets {
-            if names.contains(&t.name.as_str()) {
-                return Err(UsageError(format!("--target {}: the name is already used in this sweep", t.name)));
-            }
-            names.push(&t.name);
-        }
-        Ok(MatrixConfig {
-            connections: pick(self.connections, &[50, 200], &[100, 200, 500, 1000, 1500, 2000, 2500, 3000, 4000]),
-            backends,
-            requests: self.requests.unwrap_or(if q { 20 } else { 100 }),
-            sizes: if self.size.is_empty() { vec![64] } else { self.size },
-            repeats: self.repeats.unwrap_or(if q { 1 } else { 3 }) as usize,
-            // Recorded resolved, so the report names the worker count that ran.
-            workers: Some(self.workers.map_or(
-                if server_cpus.is_empty() { ringbench_backends::sys::allowed_cpus() } else { server_cpus.len() },
-                |w| w as usize,
-            )),
-            out: self.out.unwrap_or_else(|| PathBuf::from("results").join(crate::env::utc_now().replace(':', "-"))),
-            server_cpus,
-            client_cpus,
-            timeout_s: self.timeout.as_secs_f64(),
-            ready_timeout_s: self.ready_timeout.as_secs_f64(),
-            server_args: self.server_args,
-            client_args: self.client_args,
-            min_run_s: self.min_run_s.unwrap_or(if q || self.duration.is_some() { 0.0 } else { 1.0 }),
-            rates: self.rates,
-            engine: match self.engine {
-                EngineArg::Threads => "threads".into(),
-                EngineArg::Epoll => "epoll".into(),
-            },
-            duration_s: self.duration.map(|d| d.as_secs_f64()),
-            warmup_s: self.warmup.map(|d| d.as_secs_f64()),
-            slo_ms: self.slo_ms,
-            baseline: self.baseline,
-            probe: !self.no_probe,
-            targets: self.targets,
-            label: self.label.unwrap_or_else(client::default_label),
-            client_hosts: self.client_hosts.map_or_else(|| vec![crate::hosts::HostSpec::Local], |h| h.0),
-            server_netns: self.server_netns,
-            ssh_command: self.ssh_command.split_whitespace().map(String::from).collect(),
-            remote_ringbench: self.remote_ringbench,
-            server_bind: self.server_bind,
-        })
     }
 }
 

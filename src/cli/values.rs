@@ -98,3 +98,17 @@ pub(super) struct HostList(pub(super) Vec<crate::hosts::HostSpec>);
 pub(super) fn parse_hosts(s: &str) -> Result<HostList, String> {
     crate::hosts::parse_list(s).map(HostList)
 }
+
+pub(super) fn parse_slice_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.01..=60.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' must be a number of seconds from 0.01 to 60")),
+    }
+}
+
+pub(super) fn parse_precision(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 0.5 => Ok(v),
+        _ => Err(format!("'{s}' must be a fraction more than 0 and at most 0.5 (0.01: ±1 %)")),
+    }
+}

@@ -7,16 +7,17 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ringbench_backends::sys;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::gate::Gate;
 use super::latency::RunLatency;
-use super::load::{ConnLoad, Next};
+use super::load::{ConnLoad, Next, Stop};
 use super::payload::{fill_payload, first_difference, mismatch};
-use super::{check_limits, summarise, ClientConfig, ClientError, ClientReport, ConnOutcome, Window};
+use super::session::{Board, Connected, SliceOut, Tally};
+use super::{check_limits, ClientConfig, ClientError, ConnOutcome};
 
 /// Messages larger than this are sent and received at the same time (poll loop): written
 /// whole before reading, they could fill both directions' socket buffers and deadlock
@@ -31,7 +32,7 @@ const SHARDS: usize = 16;
 const BATCH: usize = 256;
 
 /// The run histograms, in shards.
-struct Shards(Vec<Mutex<RunLatency>>);
+pub struct Shards(Vec<Mutex<RunLatency>>);
 
 /// One sample: service time, and (open loop) lateness and corrected time.
 type Sample = (u64, Option<(u64, u64)>);
@@ -63,50 +64,73 @@ impl super::latency::Sink for Batch<'_> {
     }
 }
 
-/// Runs the load in this process, calling `before_start` once every connection is made
-/// and before the start gate opens (a shard reports ready there and waits for "go").
-pub fn run(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<ClientReport, ClientError> {
-    check_limits(cfg)?;
-    let gate = Arc::new(Gate::default());
-    let shards = Arc::new(Shards((0..SHARDS).map(|_| Mutex::new(RunLatency::default())).collect()));
-    let closed = gate.close();
-    let mut handles = Vec::with_capacity(cfg.connections);
-    let mut outcomes = Vec::with_capacity(cfg.connections);
-    for i in 0..cfg.connections {
-        let thread = cfg.first_thread + i;
-        let (gate, shards, c) = (Arc::clone(&gate), Arc::clone(&shards), cfg.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("client-{thread}"))
-            .stack_size(THREAD_STACK_BYTES)
-            .spawn(move || connection_thread(&c, i, &gate, &shards.0[i % SHARDS]));
-        match spawned {
-            Ok(h) => handles.push((thread, h)),
-            Err(e) => outcomes.push(ConnOutcome::failed(
-                cfg,
-                thread,
-                format!("could not start thread: {e} (raise ulimit -u / vm.max_map_count, or use --processes)"),
-            )),
+/// The connections of this process, a blocking thread each, between slices.
+pub struct Connections {
+    cfg: ClientConfig,
+    board: Arc<Board<Shards, ConnOutcome>>,
+    threads: Vec<(usize, JoinHandle<Tally>)>,
+    /// Connections whose thread could not be started.
+    unstarted: Vec<Tally>,
+}
+
+impl Connections {
+    /// Starts a thread per connection and returns once every one has connected (or
+    /// failed to).
+    pub fn connect(cfg: &ClientConfig) -> Result<Connections, ClientError> {
+        check_limits(cfg)?;
+        let board: Arc<Board<Shards, ConnOutcome>> = Arc::new(Board::default());
+        let mut threads = Vec::with_capacity(cfg.connections);
+        let mut unstarted = Vec::new();
+        for i in 0..cfg.connections {
+            let thread = cfg.first_thread + i;
+            let (board, c) = (Arc::clone(&board), cfg.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("client-{thread}"))
+                .stack_size(THREAD_STACK_BYTES)
+                .spawn(move || connection_thread(&c, i, &board));
+            match spawned {
+                Ok(h) => threads.push((thread, h)),
+                Err(e) => {
+                    let mut t = Tally::new(thread);
+                    t.error = Some(format!(
+                        "could not start thread: {e} (raise ulimit -u / vm.max_map_count, or use --processes)"
+                    ));
+                    unstarted.push(t);
+                }
+            }
         }
+        board.wait_connected(threads.len());
+        Ok(Connections { cfg: cfg.clone(), board, threads, unstarted })
     }
-    gate.wait_for(handles.len());
-    before_start();
-    // Marked before the gate opens: once thousands of threads are released, this thread
-    // may not run again until most of the work is done.
-    let window = Window::start(&cfg.phases);
-    let t0 = gate.open(closed);
-    for (thread, h) in handles {
-        match h.join() {
-            Ok(o) => outcomes.push(o),
-            Err(_) => outcomes.push(ConnOutcome::failed(cfg, thread, "client thread panicked".into())),
+}
+
+impl Connected for Connections {
+    fn slice(&mut self, stop: Stop, before_start: &mut dyn FnMut()) -> std::io::Result<SliceOut> {
+        let shards = Shards((0..SHARDS).map(|_| Mutex::new(RunLatency::default())).collect());
+        let (run, mut outcomes, window, wall_s) =
+            self.board.run_slice(self.threads.len(), stop, shards, &self.cfg, before_start);
+        let cfg = self.cfg.with_stop(stop);
+        outcomes.extend(self.unstarted.iter().map(|t| t.absent(&cfg)));
+        let mut latency = RunLatency::default();
+        for s in &run.shared.0 {
+            latency.merge(&s.lock().unwrap_or_else(|p| p.into_inner()));
         }
+        Ok(SliceOut { outcomes, run: latency, window, wall_s })
     }
-    let wall_s = t0.elapsed().as_secs_f64();
-    let window = window.end(&cfg.phases);
-    let mut run = RunLatency::default();
-    for s in &shards.0 {
-        run.merge(&s.lock().unwrap_or_else(|p| p.into_inner()));
+
+    fn close(self: Box<Self>) -> Vec<Tally> {
+        self.board.quit();
+        let mut tallies = self.unstarted;
+        for (thread, h) in self.threads {
+            tallies.push(h.join().unwrap_or_else(|_| {
+                let mut t = Tally::new(thread);
+                t.error = Some("client thread panicked".into());
+                t
+            }));
+        }
+        tallies.sort_by_key(|t| t.thread);
+        tallies
     }
-    Ok(summarise(cfg, outcomes, wall_s, window, run))
 }
 
 /// A connected stream: from `source` if given, `TCP_NODELAY`, every operation bounded by
@@ -127,36 +151,52 @@ pub fn connect(cfg: &ClientConfig, source: Option<IpAddr>) -> io::Result<TcpStre
     Ok(stream)
 }
 
-/// Connection `i` of this process.
-fn connection_thread(cfg: &ClientConfig, i: usize, gate: &Gate, shard: &Mutex<RunLatency>) -> ConnOutcome {
+/// Connection `i` of this process: connects, then runs every slice posted on `board`
+/// until the session ends, and returns its tally (its stream closes then).
+fn connection_thread(cfg: &ClientConfig, i: usize, board: &Board<Shards, ConnOutcome>) -> Tally {
     let thread = cfg.first_thread + i;
+    let mut tally = Tally::new(thread);
     let c0 = Instant::now();
-    let stream = connect(cfg, cfg.source_for(thread));
-    let connect_s = c0.elapsed().as_secs_f64();
-    // Every thread reaches the gate, connected or not, so the main thread can count them.
-    let t0 = gate.arrive_and_wait();
-    let stream = match stream {
-        Ok(s) => s,
+    let connected = connect(cfg, cfg.source_for(thread));
+    tally.connect_s = c0.elapsed().as_secs_f64();
+    let mut stream = match connected {
+        Ok(s) => {
+            tally.connected = true;
+            Some(s)
+        }
         Err(e) => {
-            let mut o =
-                ConnOutcome::failed(cfg, thread, format!("connect to {}: {}", cfg.server, describe(&e, cfg.timeout)));
-            o.connect_s = connect_s;
-            return o;
+            tally.error = Some(format!("connect to {}: {}", cfg.server, describe(&e, cfg.timeout)));
+            None
         }
     };
-    let mut load = ConnLoad::new(cfg, thread, i, cfg.connections, t0);
-    let mut batch = Batch { shard, samples: Vec::with_capacity(BATCH) };
-    if let Err(e) = requests(cfg, stream, &mut load, &mut batch) {
-        load.failed(e);
+    // Every thread says so, connected or not, so the main thread can count them.
+    board.connected();
+    let mut seen = 0;
+    while let Some(run) = board.next(&mut seen) {
+        let t0 = run.gate.arrive_and_wait();
+        let slice_cfg = cfg.with_stop(run.stop);
+        let outcome = match stream.as_mut().filter(|_| tally.usable()) {
+            Some(s) => {
+                let mut load = ConnLoad::new(&slice_cfg, run.stop, thread, i, cfg.connections, t0);
+                let mut batch = Batch { shard: &run.shared.0[i % SHARDS], samples: Vec::with_capacity(BATCH) };
+                if let Err(e) = requests(cfg, s, &mut load, &mut batch) {
+                    load.failed(e);
+                }
+                batch.flush();
+                tally.add(&load);
+                ConnOutcome::of(&slice_cfg, &load, tally.connect_s)
+            }
+            None => tally.absent(&slice_cfg),
+        };
+        run.deliver(outcome);
     }
-    batch.flush();
-    ConnOutcome::of(cfg, &load, connect_s)
+    tally
 }
 
 /// Sends every request the load asks for, each at its time, and verifies its echo.
 fn requests(
     cfg: &ClientConfig,
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
     load: &mut ConnLoad,
     batch: &mut Batch<'_>,
 ) -> Result<(), String> {
@@ -175,9 +215,9 @@ fn requests(
         let t = Instant::now();
         load.sent(k, t);
         let res = if duplex {
-            exchange_duplex(&stream, &sent, &mut got, cfg.timeout)
+            exchange_duplex(stream, &sent, &mut got, cfg.timeout)
         } else {
-            exchange_blocking(&mut stream, &sent, &mut got, cfg.timeout)
+            exchange_blocking(stream, &sent, &mut got, cfg.timeout)
         };
         res.map_err(|e| format!("request {k}: {e}"))?;
         if let Some(at) = first_difference(&sent, &got) {

@@ -12,16 +12,17 @@ use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ringbench_backends::sys::{self, Epoll, Event, Events, Interest, Syscalls, Token};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::gate::Gate;
 use super::latency::RunLatency;
-use super::load::{ConnLoad, Next};
+use super::load::{ConnLoad, Next, Stop};
 use super::payload::{fill_payload, first_difference, mismatch};
-use super::{check_limits, summarise, ClientConfig, ClientError, ClientReport, ConnOutcome, Window};
+use super::session::{Board, Connected, SliceOut, Tally};
+use super::{check_limits, ClientConfig, ClientError, ConnOutcome};
 
 const TOKEN_TIMER: Token = Token(u64::MAX);
 /// Connects in flight per thread: more at once only overflows the server's SYN queue,
@@ -37,7 +38,7 @@ enum Phase {
     /// Not yet asked to connect.
     Queued,
     Connecting,
-    /// Connected, waiting for the start gate.
+    /// Connected, waiting for a slice's start gate (or resting between slices).
     Ready,
     /// Waiting for the time of its request `k` (open loop).
     Scheduled {
@@ -63,15 +64,20 @@ struct Conn {
     /// The current request's payload.
     payload: Vec<u8>,
     connect_started: Option<Instant>,
-    connect_s: f64,
     last_progress: Instant,
+    /// Its load in the slice running now.
     load: Option<ConnLoad>,
-    error: Option<String>,
+    /// Whether it still works in the slice running now.
+    active: bool,
+    /// Over the whole session: its connect, its requests, its first error.
+    tally: Tally,
 }
 
 /// One engine thread and its connections.
-struct Engine<'a> {
-    cfg: &'a ClientConfig,
+struct Engine {
+    cfg: Arc<ClientConfig>,
+    /// The configuration as the running slice stops (what its outcomes report).
+    slice_cfg: ClientConfig,
     ep: Epoll,
     timer: OwnedFd,
     sc: Syscalls,
@@ -85,54 +91,91 @@ struct Engine<'a> {
     active: usize,
 }
 
-/// Runs the load in this process on `cfg.engine_threads()` threads.
-pub fn run(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<ClientReport, ClientError> {
-    check_limits(cfg)?;
-    let threads = cfg.engine_threads();
-    let gate = Arc::new(Gate::default());
-    let closed = gate.close();
-    let (window, wall_s, parts) = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let indexes: Vec<usize> = (t..cfg.connections).step_by(threads).collect();
-                let gate = &gate;
-                s.spawn(move || engine_thread(cfg, indexes, gate))
-            })
-            .collect();
-        gate.wait_for(threads);
-        before_start();
-        let window = Window::start(&cfg.phases);
-        let t0 = gate.open(closed);
-        let parts: Vec<io::Result<(Vec<ConnOutcome>, RunLatency)>> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("engine thread panicked"))))
-            .collect();
-        (window.end(&cfg.phases), t0.elapsed().as_secs_f64(), parts)
-    });
-    let mut outcomes = Vec::with_capacity(cfg.connections);
-    let mut run = RunLatency::default();
-    for p in parts {
-        let (o, r) = p?;
-        outcomes.extend(o);
-        run.merge(&r);
+/// What an engine thread hands back for one slice.
+type ThreadSlice = io::Result<(Vec<ConnOutcome>, RunLatency)>;
+
+/// The connections of this process on `cfg.engine_threads()` threads, between slices.
+pub struct Connections {
+    cfg: ClientConfig,
+    board: Arc<Board<(), ThreadSlice>>,
+    threads: Vec<JoinHandle<io::Result<Vec<Tally>>>>,
+}
+
+impl Connections {
+    /// Starts the engine threads and returns once each has connected its share.
+    pub fn connect(cfg: &ClientConfig) -> Result<Connections, ClientError> {
+        check_limits(cfg)?;
+        let n = cfg.engine_threads();
+        let board: Arc<Board<(), ThreadSlice>> = Arc::new(Board::default());
+        let mut threads = Vec::with_capacity(n);
+        for t in 0..n {
+            let indexes: Vec<usize> = (t..cfg.connections).step_by(n).collect();
+            let (shared, c) = (Arc::clone(&board), Arc::new(cfg.clone()));
+            let spawned = std::thread::Builder::new()
+                .name(format!("client-engine-{t}"))
+                .spawn(move || engine_thread(c, indexes, &shared));
+            match spawned {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    board.quit();
+                    return Err(ClientError::Io(e));
+                }
+            }
+        }
+        board.wait_connected(threads.len());
+        Ok(Connections { cfg: cfg.clone(), board, threads })
     }
-    Ok(summarise(cfg, outcomes, wall_s, window, run))
 }
 
-/// Connects `indexes`, waits at the gate, drives them to the end.
-fn engine_thread(cfg: &ClientConfig, indexes: Vec<usize>, gate: &Gate) -> io::Result<(Vec<ConnOutcome>, RunLatency)> {
-    let mut e = Engine::new(cfg, indexes)?;
-    let connected = e.connect_all();
-    let t0 = gate.arrive_and_wait();
-    connected?;
-    e.start(t0)?;
-    e.drive()?;
-    let outcomes = e.conns.iter().map(|c| e.outcome(c)).collect();
-    Ok((outcomes, e.run))
+impl Connected for Connections {
+    fn slice(&mut self, stop: Stop, before_start: &mut dyn FnMut()) -> io::Result<SliceOut> {
+        let (_, parts, window, wall_s) = self.board.run_slice(self.threads.len(), stop, (), &self.cfg, before_start);
+        let mut outcomes = Vec::with_capacity(self.cfg.connections);
+        let mut run = RunLatency::default();
+        for p in parts {
+            let (o, r) = p?;
+            outcomes.extend(o);
+            run.merge(&r);
+        }
+        Ok(SliceOut { outcomes, run, window, wall_s })
+    }
+
+    fn close(self: Box<Self>) -> Vec<Tally> {
+        self.board.quit();
+        let mut tallies = Vec::with_capacity(self.cfg.connections);
+        for h in self.threads {
+            if let Ok(Ok(t)) = h.join() {
+                tallies.extend(t);
+            }
+        }
+        tallies.sort_by_key(|t| t.thread);
+        tallies
+    }
 }
 
-impl<'a> Engine<'a> {
-    fn new(cfg: &'a ClientConfig, indexes: Vec<usize>) -> io::Result<Engine<'a>> {
+/// Connects `indexes`, then drives them through every slice posted on `board`.
+fn engine_thread(
+    cfg: Arc<ClientConfig>,
+    indexes: Vec<usize>,
+    board: &Board<(), ThreadSlice>,
+) -> io::Result<Vec<Tally>> {
+    let made = Engine::new(Arc::clone(&cfg), indexes).and_then(|mut e| e.connect_all().map(|()| e));
+    board.connected();
+    let mut engine = made;
+    let mut seen = 0;
+    while let Some(run) = board.next(&mut seen) {
+        let t0 = run.gate.arrive_and_wait();
+        let result = match &mut engine {
+            Ok(e) => e.run_slice(run.stop, t0),
+            Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
+        };
+        run.deliver(result);
+    }
+    engine.map(|e| e.conns.into_iter().map(|c| c.tally).collect())
+}
+
+impl Engine {
+    fn new(cfg: Arc<ClientConfig>, indexes: Vec<usize>) -> io::Result<Engine> {
         let mut sc = Syscalls::default();
         let ep = Epoll::new()?;
         let timer = sys::timerfd()?;
@@ -147,13 +190,14 @@ impl<'a> Engine<'a> {
                 phase: Phase::Queued,
                 payload: vec![0u8; cfg.size],
                 connect_started: None,
-                connect_s: 0.0,
                 last_progress: now,
                 load: None,
-                error: None,
+                active: false,
+                tally: Tally::new(cfg.first_thread + index),
             })
             .collect();
         Ok(Engine {
+            slice_cfg: (*cfg).clone(),
             cfg,
             ep,
             timer,
@@ -167,21 +211,31 @@ impl<'a> Engine<'a> {
         })
     }
 
-    fn outcome(&self, c: &Conn) -> ConnOutcome {
-        match (&c.load, &c.error) {
-            (Some(load), _) => ConnOutcome::of(self.cfg, load, c.connect_s),
-            (None, e) => {
-                let why = e.clone().unwrap_or_else(|| "never connected".into());
-                let mut o = ConnOutcome::failed(self.cfg, c.thread, why);
-                o.connect_s = c.connect_s;
-                o
-            }
-        }
+    /// Runs one slice from `t0` until every connection is done with it; returns each
+    /// connection's outcome in it and the slice's latencies.
+    fn run_slice(&mut self, stop: Stop, t0: Instant) -> io::Result<(Vec<ConnOutcome>, RunLatency)> {
+        self.slice_cfg = self.cfg.with_stop(stop);
+        self.due.clear();
+        self.start(stop, t0)?;
+        self.drive()?;
+        let cfg = &self.slice_cfg;
+        let outcomes = self
+            .conns
+            .iter_mut()
+            .map(|c| match c.load.take() {
+                Some(load) => {
+                    c.tally.add(&load);
+                    ConnOutcome::of(cfg, &load, c.tally.connect_s)
+                }
+                None => c.tally.absent(cfg),
+            })
+            .collect();
+        Ok((outcomes, std::mem::take(&mut self.run)))
     }
 
     /// Opens a non-blocking connect for connection `i`.
     fn begin_connect(&mut self, i: usize) {
-        let cfg = self.cfg;
+        let cfg = Arc::clone(&self.cfg);
         let c = &mut self.conns[i];
         let started = (|| -> io::Result<OwnedFd> {
             let sock = Socket::new(Domain::for_address(cfg.server), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
@@ -208,7 +262,7 @@ impl<'a> Engine<'a> {
                 c.phase = Phase::Connecting;
             }
             Err(e) => {
-                c.error = Some(format!("connect to {}: {e}", cfg.server));
+                c.tally.error = Some(format!("connect to {}: {e}", cfg.server));
                 c.phase = Phase::Finished;
             }
         }
@@ -233,7 +287,7 @@ impl<'a> Engine<'a> {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 for c in self.conns.iter_mut().filter(|c| matches!(c.phase, Phase::Connecting | Phase::Queued)) {
-                    c.error = Some(format!(
+                    c.tally.error = Some(format!(
                         "connect to {}: timed out after {:.1} s",
                         self.cfg.server,
                         self.cfg.timeout.as_secs_f64()
@@ -255,11 +309,14 @@ impl<'a> Engine<'a> {
         let c = &mut self.conns[i];
         let (Phase::Connecting, Some(fd)) = (&c.phase, &c.fd) else { return false };
         let so_error = socket2::SockRef::from(fd).take_error();
-        c.connect_s = c.connect_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        c.tally.connect_s = c.connect_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
         match so_error {
-            Ok(None) => c.phase = Phase::Ready,
+            Ok(None) => {
+                c.phase = Phase::Ready;
+                c.tally.connected = true;
+            }
             Ok(Some(e)) | Err(e) => {
-                c.error = Some(format!("connect to {}: {e}", self.cfg.server));
+                c.tally.error = Some(format!("connect to {}: {e}", self.cfg.server));
                 c.phase = Phase::Finished;
                 c.fd = None;
             }
@@ -268,14 +325,16 @@ impl<'a> Engine<'a> {
     }
 
     /// The gate opened at `t0`: every connected connection starts its load.
-    fn start(&mut self, t0: Instant) -> io::Result<()> {
+    fn start(&mut self, stop: Stop, t0: Instant) -> io::Result<()> {
         for i in 0..self.conns.len() {
-            if !matches!(self.conns[i].phase, Phase::Ready) {
+            let c = &mut self.conns[i];
+            if !matches!(c.phase, Phase::Ready) || !c.tally.usable() {
                 continue;
             }
-            let load = ConnLoad::new(self.cfg, self.conns[i].thread, self.conns[i].index, self.cfg.connections, t0);
+            let load = ConnLoad::new(&self.slice_cfg, stop, c.thread, c.index, self.cfg.connections, t0);
             let first = load.first();
-            self.conns[i].load = Some(load);
+            c.load = Some(load);
+            c.active = true;
             self.active += 1;
             self.follow(i, first, t0);
         }
@@ -294,20 +353,29 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Ends connection `i`, with `error` if it failed.
+    /// Connection `i` is done with this slice: it rests, still connected, until the next
+    /// one; or, with `error`, it failed and is closed for good.
     fn finish(&mut self, i: usize, error: Option<String>) {
         let c = &mut self.conns[i];
         if matches!(c.phase, Phase::Finished) {
             return;
         }
-        if let (Some(e), Some(load)) = (error, c.load.as_mut()) {
-            load.failed(e);
+        match error {
+            None => c.phase = Phase::Ready,
+            Some(e) => {
+                match c.load.as_mut() {
+                    Some(load) => load.failed(e),
+                    None => c.tally.error = c.tally.error.take().or(Some(e)),
+                }
+                c.phase = Phase::Finished;
+                if let Some(fd) = c.fd.take() {
+                    self.sc.close(fd);
+                }
+            }
         }
-        c.phase = Phase::Finished;
-        if let Some(fd) = c.fd.take() {
-            self.sc.close(fd);
+        if std::mem::take(&mut c.active) {
+            self.active -= 1;
         }
-        self.active -= 1;
     }
 
     /// Sends request `k` on connection `i` (as much as the socket takes now).

@@ -65,6 +65,15 @@ impl ConnLatency {
         self.count
     }
 
+    /// Adds another connection's (or slice's) round trips: exact, as both are histograms
+    /// of the same precision with exact sums.
+    pub fn merge(&mut self, o: &ConnLatency) {
+        let _ = self.hist.add(&o.hist);
+        self.count += o.count;
+        self.sum_ns += o.sum_ns;
+        self.max_ns = self.max_ns.max(o.max_ns);
+    }
+
     pub fn mean_s(&self) -> f64 {
         if self.count == 0 {
             0.0

@@ -66,6 +66,19 @@ impl Schedule {
     }
 }
 
+/// When a connection's load in one measured phase ends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stop {
+    /// A closed loop in rounds of `--requests`, repeated until the phase has lasted
+    /// `min_run` (`None`: one round) — the seed's workload.
+    Rounds { min_run: Option<Duration> },
+    /// A closed loop that stops once `after` has passed since the gate opened, even
+    /// mid-round: one slice of a paired sweep. The request in flight then is finished.
+    After(Duration),
+    /// An open loop.
+    Open(OpenLoop),
+}
+
 /// What comes next for a connection after request `k` (numbered from 0 over its life).
 pub enum Next {
     /// Send request `k` now (closed loop) or at its time (open loop).
@@ -81,7 +94,7 @@ pub struct ConnLoad {
     pub thread: usize,
     schedule: Option<Schedule>,
     per_round: u64,
-    min_run: Option<Duration>,
+    stop: Stop,
     t0: Instant,
     pub latency: ConnLatency,
     /// Requests verified (warm-up included).
@@ -97,13 +110,16 @@ pub struct ConnLoad {
 }
 
 impl ConnLoad {
-    /// Connection `i` of `cfg`'s `n`, starting at `t0`.
-    pub fn new(cfg: &ClientConfig, thread: usize, i: usize, n: usize, t0: Instant) -> ConnLoad {
+    /// Connection `i` of `cfg`'s `n`, loaded as `stop` says from `t0`.
+    pub fn new(cfg: &ClientConfig, stop: Stop, thread: usize, i: usize, n: usize, t0: Instant) -> ConnLoad {
         ConnLoad {
             thread,
-            schedule: cfg.open.map(|o| Schedule::new(&o, t0, i, n)),
+            schedule: match stop {
+                Stop::Open(o) => Some(Schedule::new(&o, t0, i, n)),
+                _ => None,
+            },
             per_round: cfg.requests.max(1),
-            min_run: cfg.min_run,
+            stop,
             t0,
             latency: ConnLatency::default(),
             verified: 0,
@@ -126,15 +142,20 @@ impl ConnLoad {
         match &self.schedule {
             Some(s) if s.done(k, Instant::now()) => Next::Done,
             Some(s) => Next::Send { k, at: Some(s.intended(k)) },
-            None => {
-                let round_over = k > 0 && k % self.per_round == 0;
-                let long_enough = self.min_run.is_none_or(|d| self.t0.elapsed() >= d);
-                if round_over && long_enough {
-                    Next::Done
-                } else {
-                    Next::Send { k, at: None }
-                }
+            None if self.closed_loop_done(k) => Next::Done,
+            None => Next::Send { k, at: None },
+        }
+    }
+
+    /// A closed loop is done before request `k`: a slice's time is up, or a round is over
+    /// and the run has lasted long enough.
+    fn closed_loop_done(&self, k: u64) -> bool {
+        match self.stop {
+            Stop::After(d) => k > 0 && self.t0.elapsed() >= d,
+            Stop::Rounds { min_run } => {
+                k > 0 && k % self.per_round == 0 && min_run.is_none_or(|d| self.t0.elapsed() >= d)
             }
+            Stop::Open(_) => false,
         }
     }
 
@@ -193,18 +214,34 @@ impl ConnLoad {
         }
     }
 
-    /// Requests it was to complete: its rounds' worth (closed loop), or as many as it
-    /// sent (open loop: the schedule decides, and a failure shows as an error).
+    /// Requests it was to complete: its rounds' worth (closed loop in rounds), or as many
+    /// as it sent (open loop and slices: time decides, and a failure shows as an error).
     pub fn expected(&self) -> u64 {
-        match self.schedule {
-            Some(_) => self.verified + u64::from(self.error.is_some()),
-            None => self.rounds() * self.per_round,
+        match self.stop {
+            Stop::Rounds { .. } => self.rounds() * self.per_round,
+            Stop::After(_) | Stop::Open(_) => self.verified + u64::from(self.error.is_some()),
         }
+    }
+
+    /// The seed's Total Duration: the time one round of `--requests` took. A slice that
+    /// ends mid-round scales its time to a round's worth of requests.
+    pub fn round_duration_s(&self) -> f64 {
+        let total_s = self.loaded_s();
+        match self.stop {
+            Stop::After(_) if self.verified > 0 => total_s * self.per_round as f64 / self.verified as f64,
+            Stop::After(_) => 0.0,
+            _ => total_s / self.rounds() as f64,
+        }
+    }
+
+    /// From the gate to its last reply, in seconds.
+    pub fn loaded_s(&self) -> f64 {
+        self.last_reply.map_or(0.0, |t| t.duration_since(self.t0).as_secs_f64())
     }
 
     /// Its CSV row.
     pub fn row(&self, cfg: &ClientConfig) -> ThreadRow {
-        let total_duration_s = self.last_reply.map_or(0.0, |t| t.duration_since(self.t0).as_secs_f64());
+        let total_duration_s = self.loaded_s();
         let error = self.error.clone().unwrap_or_default();
         ThreadRow {
             thread: self.thread,

@@ -25,6 +25,7 @@ pub mod gate;
 pub mod latency;
 pub mod load;
 pub mod payload;
+pub mod session;
 pub mod shard;
 pub mod summary;
 
@@ -39,7 +40,7 @@ use ringbench_backends::sys;
 use crate::results::{ClientSummary, ThreadRow};
 
 pub use latency::Progress;
-pub use load::OpenLoop;
+pub use load::{OpenLoop, Stop};
 pub use payload::fill_payload;
 pub use summary::{merge, summarise};
 
@@ -135,6 +136,12 @@ impl Window {
         w
     }
 
+    /// From the start of `first` to the end of `last`, with `client_cpu_s` spent in
+    /// between (a session's slices).
+    pub fn spanning(first: Window, last: Window, client_cpu_s: f64) -> Window {
+        Window { start_unix_us: first.start_unix_us, end_unix_us: last.end_unix_us, client_cpu_s, cpu_at_start_s: 0.0 }
+    }
+
     /// The phase ends now.
     pub fn end(mut self, phases: &Phases) -> Window {
         self.end_unix_us = sys::unix_now_us();
@@ -169,6 +176,24 @@ impl ClientConfig {
             progress: None,
             phases: Phases::default(),
         }
+    }
+
+    /// How each connection's load ends in a one-shot run: an open loop, or rounds.
+    pub fn stop(&self) -> Stop {
+        match self.open {
+            Some(o) => Stop::Open(o),
+            None => Stop::Rounds { min_run: self.min_run },
+        }
+    }
+
+    /// This configuration as a run that stops as `stop` says (what its summary reports).
+    pub fn with_stop(&self, stop: Stop) -> ClientConfig {
+        let (open, min_run) = match stop {
+            Stop::Open(o) => (Some(o), None),
+            Stop::Rounds { min_run } => (None, min_run),
+            Stop::After(_) => (None, None),
+        };
+        ClientConfig { open, min_run, ..self.clone() }
     }
 
     /// The event engine's thread count, resolved.
@@ -298,6 +323,14 @@ pub fn run(cfg: &ClientConfig) -> Result<ClientReport, ClientError> {
     run_here(cfg, || {})
 }
 
+/// Connects every connection of `cfg` with its engine; the session drives them.
+pub(crate) fn connect_engine(cfg: &ClientConfig) -> Result<Box<dyn session::Connected>, ClientError> {
+    Ok(match cfg.engine {
+        Engine::Threads => Box::new(blocking::Connections::connect(cfg)?),
+        Engine::Epoll => Box::new(event::Connections::connect(cfg)?),
+    })
+}
+
 /// Runs the load in this process with its engine, calling `before_start` once every
 /// connection is made and before the start gate opens.
 pub fn run_here(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<ClientReport, ClientError> {
@@ -307,10 +340,14 @@ pub fn run_here(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<Clien
             let stop = &stop;
             s.spawn(move || p.report_every(every, stop));
         }
-        let r = match cfg.engine {
-            Engine::Threads => blocking::run(cfg, before_start),
-            Engine::Epoll => event::run(cfg, before_start),
-        };
+        let mut before_start = Some(before_start);
+        let r = session::Session::connect(cfg).and_then(|mut s| {
+            s.slice(cfg.stop(), || {
+                if let Some(f) = before_start.take() {
+                    f()
+                }
+            })
+        });
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         r
     })
@@ -326,6 +363,8 @@ pub struct ConnOutcome {
     /// Time to connect (before the start gate).
     pub connect_s: f64,
     pub connected: bool,
+    /// The seed's Total Duration of this connection: the time for one round.
+    pub round_s: f64,
 }
 
 impl ConnOutcome {
@@ -350,6 +389,7 @@ impl ConnOutcome {
             sent_in_window: 0,
             connect_s: 0.0,
             connected: false,
+            round_s: 0.0,
         }
     }
 
@@ -361,6 +401,7 @@ impl ConnOutcome {
             sent_in_window: load.sent_in_window,
             connect_s,
             connected: true,
+            round_s: load.round_duration_s(),
         }
     }
 }

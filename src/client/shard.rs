@@ -7,12 +7,16 @@
 //! `go` to all of them; each shard runs and prints its whole report as one JSON line.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::latency::RunLatency;
-use super::{check_limits, merge, run_here, summarise, ClientConfig, ClientError, ClientReport, ConnOutcome, Window};
+use super::session::Session;
+use super::{
+    check_limits, merge, summarise, ClientConfig, ClientError, ClientReport, ConnOutcome, OpenLoop, Stop, Window,
+};
 use crate::results::{ClientSummary, ThreadRow};
 
 /// What a shard sends back.
@@ -65,27 +69,74 @@ pub fn shard_args(cfg: &ClientConfig, connections: usize, first: usize) -> Vec<S
     a
 }
 
-/// Runs as a shard: connects, says `ready` on `output`, waits for `go` on `input`, runs,
-/// and writes the report as one JSON line. Returns whether every request was verified.
+/// Runs as a shard: connects every connection, says `ready` on `output`, then answers
+/// the commands that come on `input`, one a line:
+///
+/// - `go`: the run the arguments describe; its report (rows included) as one JSON line;
+///   the shard ends.
+/// - `slice SECS`: one slice, SECS long (a closed loop that stops then, or an open-loop
+///   window of SECS after the warm-up); its report without rows as one JSON line; the
+///   connections stay open for the next command.
+/// - `quit`, or the end of input: the connections close; the report over every slice
+///   (a row per connection) as one JSON line; the shard ends.
+///
+/// Returns whether every request was verified.
 pub fn serve_as_shard(cfg: &ClientConfig, input: impl BufRead, mut output: impl Write) -> Result<bool, ClientError> {
-    let mut input = input;
-    let report = run_here(cfg, || {
-        // A parent that has gone away cannot be told anything; the run then starts at once.
-        let _ = writeln!(output, "ready").and_then(|()| output.flush());
-        let mut go = String::new();
-        let _ = input.read_line(&mut go);
-    })?;
-    let ok = report.ok();
-    let line =
-        serde_json::to_string(&ShardReport { summary: report.summary, rows: report.rows }).map_err(io::Error::other)?;
+    let mut session = Session::connect(cfg)?;
+    // A parent that has gone away cannot be told anything; the end of input ends us.
+    let _ = writeln!(output, "ready").and_then(|()| output.flush());
+    let mut ok = true;
+    for line in input.lines() {
+        let line = line.unwrap_or_default();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["go"] => {
+                let report = session.slice(cfg.stop(), || {})?;
+                send(&mut output, &report.summary, &report.rows)?;
+                return Ok(report.ok());
+            }
+            ["slice", secs] => {
+                let secs: f64 = secs.parse().map_err(|_| io::Error::other(format!("bad slice length '{secs}'")))?;
+                let report = session.slice(slice_stop(cfg, Duration::from_secs_f64(secs)), || {})?;
+                ok &= report.ok();
+                send(&mut output, &report.summary, &[])?;
+            }
+            ["quit"] => break,
+            _ => return Err(io::Error::other(format!("unknown shard command '{line}'")).into()),
+        }
+    }
+    let report = session.close();
+    send(&mut output, &report.summary, &report.rows)?;
+    Ok(ok && report.ok())
+}
+
+/// How one slice of `secs` stops: a closed loop stops then; an open loop measures a
+/// window of `secs` after its warm-up.
+pub fn slice_stop(cfg: &ClientConfig, secs: Duration) -> Stop {
+    match cfg.open {
+        Some(o) => Stop::Open(OpenLoop { duration: secs, ..o }),
+        None => Stop::After(secs),
+    }
+}
+
+fn send(output: &mut impl Write, summary: &ClientSummary, rows: &[ThreadRow]) -> Result<(), ClientError> {
+    let line = serde_json::to_string(&ShardReportRef { summary, rows }).map_err(io::Error::other)?;
     writeln!(output, "{line}")?;
     output.flush()?;
-    Ok(ok)
+    Ok(())
+}
+
+/// [`ShardReport`] as it is written, without copying it.
+#[derive(Serialize)]
+struct ShardReportRef<'a> {
+    summary: &'a ClientSummary,
+    rows: &'a [ThreadRow],
 }
 
 /// A started shard: its process and its output.
 pub struct Shard {
     child: Child,
+    input: Option<ChildStdin>,
     out: BufReader<std::process::ChildStdout>,
     /// The connections it runs, numbered from `first`.
     first: usize,
@@ -98,7 +149,8 @@ impl Shard {
     pub fn spawn(mut cmd: Command, first: usize, connections: usize) -> io::Result<Shard> {
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
         let out = child.stdout.take().map(BufReader::new).ok_or_else(|| io::Error::other("shard stdout"))?;
-        Ok(Shard { child, out, first, connections })
+        let input = child.stdin.take();
+        Ok(Shard { child, input, out, first, connections })
     }
 
     /// Waits for its `ready` line; false if it ended first.
@@ -146,10 +198,35 @@ impl Shard {
         }
     }
 
-    /// Tells it to start.
+    /// Tells it to start its one run.
     pub fn go(&mut self) {
-        if let Some(mut stdin) = self.child.stdin.take() {
+        if let Some(mut stdin) = self.input.take() {
             let _ = stdin.write_all(b"go\n");
+        }
+    }
+
+    /// Tells it to run one slice of `secs`; its report follows on its output.
+    pub fn slice(&mut self, secs: f64) -> Result<(), String> {
+        let stdin = self.input.as_mut().ok_or("its input is closed")?;
+        stdin.write_all(format!("slice {secs}\n").as_bytes()).and_then(|()| stdin.flush()).map_err(|e| e.to_string())
+    }
+
+    /// Reads one report line within `limit` (a slice's, or the last one).
+    pub fn report_within(&mut self, limit: Duration) -> Result<ShardReport, String> {
+        self.wait_readable(limit)?;
+        let mut line = String::new();
+        match self.out.read_line(&mut line) {
+            Ok(0) => Err(format!("ended without a report ({})", self.status())),
+            Ok(_) => serde_json::from_str(line.trim()).map_err(|e| format!("sent a report that does not parse: {e}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Ends its session: it closes its connections and then sends the report over every
+    /// slice.
+    pub fn quit(&mut self) {
+        if let Some(mut stdin) = self.input.take() {
+            let _ = stdin.write_all(b"quit\n");
         }
     }
 

@@ -22,6 +22,8 @@ struct Totals {
     expected: u64,
     sent_in_window: u64,
     client_cpu_s: f64,
+    /// The sum over connections of their time for one round.
+    round_sum_s: f64,
 }
 
 /// The report of a run in this process from its connections' outcomes and run
@@ -43,6 +45,7 @@ pub fn summarise(
         }
         t.expected += o.expected;
         t.sent_in_window += o.sent_in_window;
+        t.round_sum_s += o.round_s;
         rows.push(o.row);
     }
     rows.sort_by_key(|r| r.thread);
@@ -68,6 +71,7 @@ pub fn merge(cfg: &ClientConfig, parts: Vec<ClientReport>, window: Window) -> Cl
         t.expected += s.requests_expected;
         t.sent_in_window += s.achieved_rate_rps.map_or(0, |r| (r * s.duration_s).round() as u64);
         t.client_cpu_s += s.client_cpu_s;
+        t.round_sum_s += s.avg_total_duration_s * s.connections as f64;
         rows.extend(p.rows);
     }
     rows.sort_by_key(|r| r.thread);
@@ -126,7 +130,7 @@ fn report(
         latency_p99_us: service.p99_us,
         latency_p999_us: service.p999_us,
         latency_max_us: service.max_us,
-        avg_total_duration_s: rows.iter().map(|r| r.round_duration_s()).sum::<f64>() / n,
+        avg_total_duration_s: t.round_sum_s / n,
         avg_response_time_s: rows.iter().map(|r| r.avg_response_s).sum::<f64>() / n,
         connect_mean_s: if t.connected > 0 { t.connect_sum_s / t.connected as f64 } else { 0.0 },
         connect_max_s: t.connect_max_s,
@@ -146,6 +150,7 @@ fn report(
         lateness_histogram: encode_histogram(&run.lateness),
         measured_start_unix_us: window.start_unix_us,
         measured_end_unix_us: window.end_unix_us,
+        first_error: rows.iter().find(|r| r.errors > 0).map(|r| r.error.clone()),
     };
     if let Some(o) = &cfg.open {
         let achieved = t.sent_in_window as f64 / o.duration.as_secs_f64();

@@ -34,7 +34,7 @@ pub struct Hosts<'a> {
 
 /// Waits up to `limit` for a line from `shard`, in short slices so that a Ctrl-C is seen
 /// within a fraction of a second.
-fn wait_line(shard: &mut Shard, limit: Duration, interrupted: &AtomicBool) -> Result<(), String> {
+pub fn wait_line(shard: &mut Shard, limit: Duration, interrupted: &AtomicBool) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     loop {
         if interrupted.load(Ordering::Relaxed) {
@@ -87,25 +87,31 @@ fn host_command(h: &Hosts<'_>, i: usize, host: &HostSpec, args: &[String]) -> Co
     cmd
 }
 
-/// Runs `workload` (client arguments without outputs) from every host against `server`,
-/// writing `raw/{stem}.client-{label}.json/.csv` for each, and `start`/`end` marks on
-/// `marks` around the measured phase. Returns the progress line.
-pub fn run(
+/// One host's client process of a run: its label, its share of the connections, and
+/// the shard protocol to it.
+pub struct HostShard {
+    pub label: String,
+    pub share: usize,
+    pub shard: Shard,
+}
+
+/// Starts `workload` (client arguments without outputs) on every host against `server`,
+/// the connections split evenly; each host's stderr goes to `raw/{stem}.client-{label}.log`.
+pub fn spawn(
     h: &Hosts<'_>,
-    server: SocketAddr,
     connections: usize,
     workload: &[String],
     rate: Option<u64>,
-    marks: &mut std::fs::File,
     file: &dyn Fn(&str) -> String,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Vec<HostShard>> {
     let hosts = &h.cfg.client_hosts;
     let n = hosts.len();
     let mut shards = Vec::with_capacity(n);
     let mut first = 0;
     for (i, host) in hosts.iter().enumerate() {
         let share = connections / n + usize::from(i < connections % n);
-        let label = host.label();
+        // One local host is this machine's client, named as a single client is.
+        let label = if n == 1 && *host == HostSpec::Local { h.cfg.label.clone() } else { host.label() };
         let mut args = workload.to_vec();
         args.extend(["--connections".into(), share.to_string(), "--label".into(), label.clone()]);
         args.extend(["--first-thread".into(), first.to_string(), "--shard-child".into()]);
@@ -118,31 +124,53 @@ pub fn run(
         let mut cmd = host_command(h, i, host, &args);
         cmd.stderr(Stdio::from(log)).process_group(0);
         let shard = Shard::spawn(cmd, first, share).with_context(|| format!("cannot start client host {label}"));
-        shards.push((label, share, shard?));
+        shards.push(HostShard { label, share, shard: shard? });
         first += share;
     }
-    // Connecting thousands of connections takes seconds; a host that says nothing for
-    // longer than this is not coming.
+    Ok(shards)
+}
+
+/// Waits until every host has connected everything and says `ready`; a host that does not
+/// within a limit (connecting thousands takes seconds) is killed. Returns why each of
+/// those did not start.
+pub fn await_ready(h: &Hosts<'_>, shards: &mut [HostShard], connections: usize) -> Vec<String> {
     let ready_limit = Duration::from_secs_f64(30.0 + h.cfg.timeout_s * 3.0 + connections as f64 / 500.0);
     let mut failed_to_start = Vec::new();
     let ready_by = Instant::now() + ready_limit;
-    for (label, _, s) in &mut shards {
+    for HostShard { label, shard, .. } in shards.iter_mut() {
         let left = ready_by.saturating_duration_since(Instant::now());
-        let ready = wait_line(s, left, h.interrupted).and_then(|()| s.wait_ready_within(Duration::ZERO));
+        let ready = wait_line(shard, left, h.interrupted).and_then(|()| shard.wait_ready_within(Duration::ZERO));
         if let Err(why) = ready {
-            s.kill();
+            shard.kill();
             failed_to_start.push(format!("{label} {why}"));
         }
     }
+    failed_to_start
+}
+
+/// Runs `workload` (client arguments without outputs) from every host against `server`,
+/// writing `raw/{stem}.client-{label}.json/.csv` for each, and `start`/`end` marks on
+/// `marks` around the measured phase. Returns the progress line.
+pub fn run(
+    h: &Hosts<'_>,
+    server: SocketAddr,
+    connections: usize,
+    workload: &[String],
+    rate: Option<u64>,
+    marks: &mut std::fs::File,
+    file: &dyn Fn(&str) -> String,
+) -> anyhow::Result<String> {
+    let mut shards = spawn(h, connections, workload, rate, file)?;
+    let failed_to_start = await_ready(h, &mut shards, connections);
     let _ = writeln!(marks, "start");
-    for (_, _, s) in &mut shards {
-        s.go();
+    for s in &mut shards {
+        s.shard.go();
     }
     let run_limit =
         Duration::from_secs_f64(60.0 + h.cfg.timeout_s * 3.0 + h.cfg.min_run_s + h.cfg.duration_s.unwrap_or(0.0) * 2.0);
-    let mut parts = Vec::with_capacity(n);
+    let mut parts = Vec::with_capacity(shards.len());
     let done_by = Instant::now() + run_limit;
-    for (label, share, mut s) in shards {
+    for HostShard { label, share, shard: mut s } in shards {
         if wait_line(&mut s, done_by.saturating_duration_since(Instant::now()), h.interrupted).is_err() {
             s.kill();
         }

@@ -1,12 +1,20 @@
 //! The sweep: every server under test — ringbench's backends and any external command —
-//! at every connection count (and size), repeated, each run against a fresh server
-//! process, servers interleaved within each point so machine drift hits them alike. Raw
-//! files first; the report is then built from them alone.
+//! at every connection count (and size, and offered rate), side by side. Raw files first;
+//! the report is then built from them alone.
+//!
+//! Two ways to run a point:
+//! - **paired slices** (the default, [`paired`]): every server starts once and stays up,
+//!   each with its own client connected; short slices of load alternate between them in
+//!   rounds until the comparison is as precise as asked;
+//! - **fresh servers** (`--fresh-servers`, the seed's way, [`run`]): a fresh server process
+//!   and client per run, servers interleaved within each repeat.
 
 mod clients;
+mod paired;
+mod progress;
 mod run;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +22,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use ringbench_backends::{sys, Variant};
 use serde::Serialize;
 
@@ -81,37 +88,100 @@ pub struct MatrixConfig {
     pub remote_ringbench: String,
     /// The address the server binds to for ssh hosts (the address they reach it at).
     pub server_bind: Option<std::net::IpAddr>,
+    /// A fresh server process per run, as the seed did, instead of paired slices.
+    pub fresh_servers: bool,
+    /// Paired slices: each slice's measured length, in seconds (`None`: by connections,
+    /// see [`MatrixConfig::slice_for`]).
+    pub slice_s: Option<f64>,
+    /// Paired slices: rounds are added until the headline intervals (CPU per request and
+    /// req/s against the baseline) are at most ± this fraction wide.
+    pub precision: f64,
+    /// Paired slices: the fewest and the most rounds at a point.
+    pub min_rounds: usize,
+    pub max_rounds: usize,
+    /// Paired slices: at most this many seconds of rounds at a point.
+    pub budget_s: f64,
+    /// Paired slices: exactly this many rounds at every point (`--repeats`), no
+    /// precision target.
+    pub fixed_rounds: Option<usize>,
+    /// A/A calibration: a second instance of the baseline as a server of its own.
+    pub aa: bool,
 }
 
 impl MatrixConfig {
-    /// Every server's name, in the order points show them, the baseline first.
-    pub fn order(&self) -> Vec<String> {
-        let mut all: Vec<String> =
-            self.backends.iter().cloned().chain(self.targets.iter().map(|t| t.name.clone())).collect();
-        let base = self.baseline.clone().or_else(|| all.iter().find(|n| *n == "epoll").cloned());
-        if let Some(i) = base.and_then(|b| all.iter().position(|n| *n == b)) {
+    /// Every server under test, in the order points show them: the baseline first, then
+    /// its A/A twin (`--aa`), then the rest as given.
+    pub fn contenders(&self) -> anyhow::Result<Vec<Contender>> {
+        let mut all: Vec<Contender> = self
+            .backends
+            .iter()
+            .map(|b| {
+                Variant::parse(b)
+                    .map(|v| Contender { name: v.name.clone(), server: ServerKind::Backend(v) })
+                    .map_err(anyhow::Error::msg)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        all.extend(
+            self.targets.iter().map(|t| Contender { name: t.name.clone(), server: ServerKind::Target(t.clone()) }),
+        );
+        let base = self.baseline.clone().or_else(|| all.iter().find(|c| c.name == "epoll").map(|c| c.name.clone()));
+        if let Some(i) = base.and_then(|b| all.iter().position(|c| c.name == b)) {
             let b = all.remove(i);
             all.insert(0, b);
         }
-        all
+        if self.aa {
+            if let Some(b) = all.first().cloned() {
+                all.insert(1, Contender { name: aa_name(&b.name), server: b.server });
+            }
+        }
+        Ok(all)
+    }
+
+    /// A slice's length at `connections`: `--slice-s`, else 0.25 ms per connection
+    /// between 50 ms and 1 s. A slice must be many round trips long (a round trip takes
+    /// connections ÷ req/s: about 1 ms at 100 connections, 80 ms at 4000 with the seed's
+    /// client) so that starting thousands of client threads and finishing their last
+    /// requests are a small part of it; and short, so that the machine rarely changes speed
+    /// between the two slices of a pair and many pairs fit in a point's budget.
+    /// `--duration` sets it too: a closed-loop run of that length, or with `--rates` an
+    /// open-loop window of it, is what a slice is.
+    pub fn slice_for(&self, connections: usize) -> f64 {
+        self.slice_s.or(self.duration_s).unwrap_or_else(|| (connections as f64 * 0.000_25).clamp(0.05, 1.0))
+    }
+
+    /// Every server's name, in the order points show them, the baseline first.
+    pub fn order(&self) -> Vec<String> {
+        self.contenders().map(|c| c.into_iter().map(|c| c.name).collect()).unwrap_or_default()
     }
 }
 
-/// A server under test.
+/// A server under test: what runs, under the name reports give it (a second instance of
+/// the baseline, `--aa`, runs the same server under another name).
 #[derive(Clone, Debug)]
-pub enum Contender {
+pub struct Contender {
+    pub name: String,
+    pub server: ServerKind,
+}
+
+/// What a contender runs.
+#[derive(Clone, Debug)]
+pub enum ServerKind {
     Backend(Variant),
     Target(Target),
 }
 
 impl Contender {
     pub fn name(&self) -> &str {
-        match self {
-            Contender::Backend(v) => &v.name,
-            Contender::Target(t) => &t.name,
-        }
+        &self.name
+    }
+
+    /// A ringbench backend (which keeps a log, a summary and live counters).
+    pub fn is_backend(&self) -> bool {
+        matches!(self.server, ServerKind::Backend(_))
     }
 }
+
+pub use crate::results::aa_name;
 
 /// The default CPU split: the server gets the first half of the CPUs we may use (at least
 /// one), the client the rest. With one CPU nothing is pinned.
@@ -142,7 +212,13 @@ fn describe_pinning(cfg: &MatrixConfig) -> String {
 /// An open loop's arguments for a client offering `rate_rps`: the rate, the measured
 /// window and the warm-up.
 fn open_loop_args(cfg: &MatrixConfig, rate_rps: f64) -> Vec<String> {
-    let Some(d) = cfg.duration_s else { return Vec::new() };
+    // Fresh servers: the window is --duration; paired slices: each slice is a window.
+    let d = match (cfg.fresh_servers, cfg.duration_s) {
+        (true, Some(d)) => d,
+        (true, None) => return Vec::new(),
+        // Each `slice` command says its length; this only makes the arguments an open loop.
+        (false, _) => cfg.slice_s.unwrap_or(1.0),
+    };
     let mut args = vec!["--rate".into(), rate_rps.to_string(), "--duration".into(), d.to_string()];
     if let Some(w) = cfg.warmup_s.filter(|w| *w > 0.0) {
         args.extend(["--warmup".into(), w.to_string()]);
@@ -183,7 +259,7 @@ fn plan(cfg: &MatrixConfig, contenders: &[Contender], perf: bool) -> Vec<Planned
                 plan.push(Planned { key: key(c, repeat, Pass::Measure), contender: c.clone() });
             }
         }
-        for c in contenders.iter().filter(|c| perf && matches!(c, Contender::Target(_))) {
+        for c in contenders.iter().filter(|c| perf && !c.is_backend()) {
             plan.push(Planned { key: key(c, 1, Pass::Syscalls), contender: c.clone() });
         }
     }
@@ -196,16 +272,13 @@ fn plan(cfg: &MatrixConfig, contenders: &[Contender], perf: bool) -> Vec<Planned
 pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the ringbench executable")?;
     check_hosts(cfg)?;
-    let mut contenders: Vec<Contender> = cfg
-        .backends
-        .iter()
-        .map(|b| Variant::parse(b).map(Contender::Backend).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<_>>()?;
-    contenders.extend(cfg.targets.iter().cloned().map(Contender::Target));
+    let contenders = cfg.contenders()?;
     let raw = cfg.out.join("raw");
     std::fs::create_dir_all(&raw).with_context(|| format!("cannot create '{}'", raw.display()))?;
     let perf = if cfg.targets.is_empty() { Err("no external targets".to_string()) } else { run::perf_works() };
     let mut settings = serde_json::to_value(cfg)?;
+    // The servers as the report shows them, the A/A twin included.
+    settings["order"] = serde_json::Value::from(cfg.order());
     settings["target_syscalls"] = serde_json::Value::from(match &perf {
         Ok(()) => "perf stat -e raw_syscalls:sys_enter, in a run of its own".to_string(),
         Err(why) => format!("n/a ({why})"),
@@ -235,28 +308,33 @@ pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     };
     let env = crate::env::collect(describe_pinning(cfg), settings, probe);
     crate::files::write_json(&cfg.out.join("env.json"), &env)?;
-    let uring = contenders.iter().any(|c| matches!(c, Contender::Backend(v) if v.backend.name == "uring"));
+    let uring = contenders.iter().any(|c| matches!(&c.server, ServerKind::Backend(v) if v.backend.name == "uring"));
     if let (true, Some(why)) = (uring, env.io_uring_features.get("unavailable")) {
         bail!("{why}");
     }
     if let (false, Err(why)) = (cfg.targets.is_empty(), &perf) {
         eprintln!("ringbench matrix: targets' syscalls will be n/a: {why}");
     }
-    let plan = plan(cfg, &contenders, perf.is_ok());
-    eprintln!(
-        "ringbench matrix: {} runs ({} servers × {} connection counts × {} rates × {} sizes × {} repeats) into {}; {}",
-        plan.len(),
-        contenders.len(),
-        cfg.connections.len(),
-        cfg.rates.len().max(1),
-        cfg.sizes.len(),
-        cfg.repeats,
-        cfg.out.display(),
-        describe_pinning(cfg)
-    );
     let t0 = Instant::now();
     let ctx = run::Ctx { exe: &exe, cfg, raw: &raw, interrupted: &interrupted, network: &network };
-    let stopped_early = run_plan(&ctx, &plan);
+    let stopped_early = if cfg.fresh_servers {
+        let plan = plan(cfg, &contenders, perf.is_ok());
+        eprintln!(
+            "ringbench matrix: {} runs ({} servers × {} connection counts × {} rates × {} sizes × {} repeats), a fresh \
+             server each, into {}; {}",
+            plan.len(),
+            contenders.len(),
+            cfg.connections.len(),
+            cfg.rates.len().max(1),
+            cfg.sizes.len(),
+            cfg.repeats,
+            cfg.out.display(),
+            describe_pinning(cfg)
+        );
+        run_plan(&ctx, &plan)
+    } else {
+        paired::run_all(&ctx, &contenders, perf.is_ok(), &describe_pinning(cfg))
+    };
     eprintln!("ringbench matrix: runs took {:.0} s; building the report", t0.elapsed().as_secs_f64());
     let order = cfg.order();
     let opts = report::Options { baseline: order.first().cloned(), order, slo_ms: cfg.slo_ms };
@@ -300,39 +378,25 @@ fn check_hosts(cfg: &MatrixConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the plan with a progress bar (plain lines when not on a terminal); returns whether
-/// it was interrupted.
+/// Runs the plan, a line per run (a bar above them on a terminal); returns whether it was
+/// interrupted.
 fn run_plan(ctx: &run::Ctx<'_>, plan: &[Planned]) -> bool {
-    let tty = std::io::stderr().is_terminal();
-    let bar = if tty { ProgressBar::new(plan.len() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs, ETA {eta} · {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    for (i, p) in plan.iter().enumerate() {
+    let mut progress = progress::Progress::new(plan.len(), "runs");
+    for p in plan {
         if ctx.interrupted.load(Ordering::Relaxed) {
-            bar.finish_and_clear();
             return true;
         }
         let k = &p.key;
-        bar.set_message(format!("{} at {} connections, {}", k.backend, k.connections, k.stem()));
+        progress.message(format!("{} at {} connections, {}", k.backend, k.connections, k.stem()));
         let (line, stop) = match run::one(ctx, p) {
             Ok(run::Outcome::Done(s)) => (s, false),
             Ok(run::Outcome::Interrupted) => ("interrupted".to_string(), true),
             Err(e) => (format!("failed: {e:#}"), false),
         };
-        if tty {
-            bar.println(format!("  {}: {line}", k.stem()));
-        } else {
-            eprintln!("[{}/{}] {}: {line}", i + 1, plan.len(), k.stem());
-        }
-        bar.inc(1);
+        progress.done_one(&format!("{}: {line}", k.stem()));
         if stop {
-            bar.finish_and_clear();
             return true;
         }
     }
-    bar.finish_and_clear();
     false
 }

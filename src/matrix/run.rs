@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ringbench_backends::sys;
 
-use super::{clients, open_loop_args, Contender, MatrixConfig, Planned, Target};
+use super::{clients, open_loop_args, Contender, MatrixConfig, Planned, ServerKind, Target};
 use crate::files;
 use crate::hosts::Network;
-use crate::results::{ClientSummary, Pass, ServerProcRecord};
-use crate::server_proc::{process_cpu_s, Readiness, ServerProc, Spec};
+use crate::results::{ClientSummary, Pass, RunKey, ServerProcRecord};
+use crate::server_proc::{process_cpu_s, Readiness, ServerProc, Spec, PASSED_FD};
 
 /// What the sampler measured between the client's marks.
 #[derive(Default)]
@@ -30,7 +30,7 @@ struct Sampled {
 }
 
 /// How long a server may take to exit after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The client's descriptor for its phase marks.
 const PHASE_FD: i32 = 3;
 
@@ -82,17 +82,26 @@ fn parse_perf(stderr: &str) -> Option<u64> {
     stderr.lines().find(|l| l.contains("raw_syscalls:sys_enter")).and_then(|l| l.split(',').next()?.trim().parse().ok())
 }
 
-/// The server's start-up: what to run, and how it reports ready.
-fn server_spec(ctx: &Ctx<'_>, c: &Contender, file: &dyn Fn(&str) -> String) -> anyhow::Result<(Spec, String)> {
+/// The server's start-up: what to run, and how it reports ready. A ringbench backend
+/// given `counters` publishes its syscalls there as it runs.
+pub(super) fn server_spec(
+    ctx: &Ctx<'_>,
+    c: &Contender,
+    file: &dyn Fn(&str) -> String,
+    counters: Option<RawFd>,
+) -> anyhow::Result<(Spec, String)> {
     let cfg = ctx.cfg;
-    let (spec, kind) = match c {
-        Contender::Backend(v) => {
+    let (spec, kind) = match &c.server {
+        ServerKind::Backend(v) => {
             let workers = cfg.workers.unwrap_or(cfg.server_cpus.len().max(1)).to_string();
             let bind = SocketAddr::new(ctx.bind_ip(), 0).to_string();
             let mut args: Vec<String> =
                 ["server", "--backend", &v.name, "--bind", &bind, "--workers", &workers].map(String::from).to_vec();
             args.extend(cfg.server_args.iter().cloned());
             args.extend(["--log".into(), file("server.csv"), "--summary-json".into(), file("server.json")]);
+            if counters.is_some() {
+                args.extend(["--counters-fd".into(), PASSED_FD.to_string()]);
+            }
             // With --server-netns: `ip netns exec NS ringbench server ...`, which execs, so
             // the process measured is still the server.
             let prefix = ctx.network.server_prefix();
@@ -104,7 +113,7 @@ fn server_spec(ctx: &Ctx<'_>, c: &Contender, file: &dyn Fn(&str) -> String) -> a
                 None => (Spec::new(ctx.exe, args, Readiness::ListeningLine), "ringbench"),
             }
         }
-        Contender::Target(Target { command, .. }) => {
+        ServerKind::Target(Target { command, .. }) => {
             let port = free_port()?;
             let ip = ctx.bind_ip();
             let cmd = command.replace("{port}", &port.to_string()).replace("{host}", &ip.to_string());
@@ -114,6 +123,7 @@ fn server_spec(ctx: &Ctx<'_>, c: &Contender, file: &dyn Fn(&str) -> String) -> a
         }
     };
     let mut spec = spec;
+    spec.pass_fd = counters.filter(|_| c.is_backend());
     spec.cpus = cfg.server_cpus.clone();
     spec.output_log = Some(file("server.log").into());
     Ok((spec, kind.to_string()))
@@ -128,7 +138,7 @@ pub fn one(ctx: &Ctx<'_>, p: &Planned) -> anyhow::Result<Outcome> {
     let cfg = ctx.cfg;
     let stem = p.key.stem();
     let file = |part: &str| ctx.raw.join(format!("{stem}.{part}")).display().to_string();
-    let (spec, kind) = server_spec(ctx, &p.contender, &file)?;
+    let (spec, kind) = server_spec(ctx, &p.contender, &file, None)?;
     let mut record = ServerProcRecord { kind, command: shown(&spec), ..ServerProcRecord::default() };
     let server = match ServerProc::spawn(spec, Duration::from_secs_f64(cfg.ready_timeout_s)) {
         Ok(s) => s,
@@ -140,7 +150,7 @@ pub fn one(ctx: &Ctx<'_>, p: &Planned) -> anyhow::Result<Outcome> {
     };
     record.pid = server.pid();
     let perf = (p.key.pass == Pass::Syscalls).then(|| Perf::attach(server.pid()));
-    let workload = workload_args(cfg, p, server.addr());
+    let workload = workload_args(cfg, &p.key, server.addr());
     let (marks, phase_write) = sys::pipe()?;
     let sampler = sample_cpu(marks, server.pid(), cfg.server_cpus.clone());
     let label = &cfg.label;
@@ -211,7 +221,7 @@ pub fn one(ctx: &Ctx<'_>, p: &Planned) -> anyhow::Result<Outcome> {
 
 /// The workload every client of a run gets, whatever host it runs on: the server, the
 /// requests, the engine and the phase length, and `--client-arg`s.
-fn workload_args(cfg: &MatrixConfig, p: &Planned, server: SocketAddr) -> Vec<String> {
+pub(super) fn workload_args(cfg: &MatrixConfig, key: &RunKey, server: SocketAddr) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "client".into(),
         "--server".into(),
@@ -219,13 +229,13 @@ fn workload_args(cfg: &MatrixConfig, p: &Planned, server: SocketAddr) -> Vec<Str
         "--requests".into(),
         cfg.requests.to_string(),
         "--size".into(),
-        p.key.size_bytes.to_string(),
+        key.size_bytes.to_string(),
         "--timeout".into(),
         cfg.timeout_s.to_string(),
         "--engine".into(),
         cfg.engine.clone(),
     ];
-    match (p.key.rate, cfg.duration_s) {
+    match (key.rate, cfg.duration_s) {
         (Some(_), Some(_)) => {} // the rate and its window are each client's share
         (None, Some(d)) => args.extend(["--duration".into(), d.to_string()]),
         _ if cfg.min_run_s > 0.0 => args.extend(["--min-run-s".into(), cfg.min_run_s.to_string()]),
@@ -265,11 +275,11 @@ fn single_client(
 }
 
 /// The command line a record shows.
-fn shown(spec: &Spec) -> String {
+pub(super) fn shown(spec: &Spec) -> String {
     std::iter::once(spec.program.display().to_string()).chain(spec.args.iter().cloned()).collect::<Vec<_>>().join(" ")
 }
 
-fn describe_exit(status: Option<ExitStatus>) -> String {
+pub(super) fn describe_exit(status: Option<ExitStatus>) -> String {
     match status {
         None => format!("killed after {} s", STOP_GRACE.as_secs()),
         Some(st) => match (st.code(), st.signal()) {

@@ -29,6 +29,10 @@ pub fn order(
                 })
                 .collect()
         };
+        let order = names("order", None);
+        if !order.is_empty() {
+            return order;
+        }
         names("backends", None).into_iter().chain(names("targets", Some("name"))).collect()
     };
     let mut order: Vec<String> = if asked.is_empty() { recorded() } else { asked.to_vec() };

@@ -4,10 +4,13 @@
 
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
 use super::metrics::{Metric, METRICS};
-use super::points::{Point, Spread};
-use super::stats::{paired_ratio, Ratio};
+use super::paired;
+use super::points::{ratio, Point, Spread};
 use crate::files;
+use crate::results::{Place, SliceLog};
 
 /// The identity columns at the front of `overall.csv`: the seed's Overall sheet.
 const IDENTITY: [&str; 7] = [
@@ -60,16 +63,6 @@ fn num(s: Option<&Spread>, m: &Metric, f: fn(&Spread) -> f64) -> Cell {
     s.map_or(Cell::NotApplicable, |s| Cell::Num(round(f(s), m.digits)))
 }
 
-/// The point of `base` that `p` is compared with (same connections, size and rate).
-pub fn baseline_of<'a>(points: &'a [Point], p: &Point, base: &str) -> Option<&'a Point> {
-    points.iter().find(|q| q.backend == base && q.same_place(p))
-}
-
-/// `p`'s figure `m` against the baseline's, paired by repeat.
-pub fn ratio(points: &[Point], p: &Point, m: &Metric, base: &str) -> Option<Ratio> {
-    paired_ratio(baseline_of(points, p, base)?.get(m)?, p.get(m)?)
-}
-
 /// Each client host's columns, after `host_{label}_`.
 const HOST_COLUMNS: [&str; 5] =
     ["connections", "throughput_rps", "avg_total_duration_s", "avg_response_time_s", "p99_response_us"];
@@ -85,8 +78,14 @@ pub fn host_labels(points: &[Point]) -> Vec<String> {
     labels
 }
 
+/// Paired slices' columns, at the end: the pairs each ratio stands on, the precision its
+/// headline intervals reached, and how its place's rounds went.
+const PAIRED_COLUMNS: [&str; 6] =
+    ["pairs", "precision_reached", "precision_target", "stopped_on", "rounds_left_out", "regime_changes"];
+
 /// The columns of `overall.csv`, in order, with each point's cells.
-fn overall(points: &[Point], base: &str) -> (Vec<String>, Vec<Vec<Cell>>) {
+fn overall(points: &[Point], slices: &BTreeMap<Place, SliceLog>, base: &str) -> (Vec<String>, Vec<Vec<Cell>>) {
+    let sure = paired::places(points, slices, base);
     let headline = METRICS.iter().filter(|m| m.headline);
     let others = METRICS.iter().filter(|m| !m.headline);
     let mut cols: Vec<String> = IDENTITY.iter().map(|s| s.to_string()).collect();
@@ -105,6 +104,7 @@ fn overall(points: &[Point], base: &str) -> (Vec<String>, Vec<Vec<Cell>>) {
             cols.push(format!("host_{l}_{f}"));
         }
     }
+    cols.extend(PAIRED_COLUMNS.iter().map(|s| s.to_string()));
     let rows = points
         .iter()
         .map(|p| {
@@ -152,14 +152,31 @@ fn overall(points: &[Point], base: &str) -> (Vec<String>, Vec<Vec<Cell>>) {
                     None => row.extend(HOST_COLUMNS.iter().map(|_| Cell::NotApplicable)),
                 }
             }
+            let cpu = super::metrics::metric("server_cpu_us_per_request");
+            let pairs = cpu.and_then(|m| ratio(points, p, m, base)).map(|r| r.pairs as u64);
+            let here = sure.iter().find(|s| s.place == Some(p.place()));
+            let frac = |x: Option<f64>| x.map_or(Cell::NotApplicable, |x| Cell::Num(round(x, 4)));
+            row.extend([
+                pairs.map_or(Cell::NotApplicable, Cell::Int),
+                frac(paired::point_precision(points, p, base)),
+                frac(here.and_then(|s| s.target)),
+                here.map_or(Cell::NotApplicable, |s| Cell::Text(s.stopped.clone())),
+                here.map_or(Cell::NotApplicable, |_| Cell::Int(p.rounds_left_out as u64)),
+                here.map_or(Cell::NotApplicable, |s| Cell::Int(s.regime_rounds as u64)),
+            ]);
             row
         })
         .collect();
     (cols, rows)
 }
 
-pub fn write_overall_csv(path: &Path, points: &[Point], base: &str) -> anyhow::Result<()> {
-    let (cols, rows) = overall(points, base);
+pub fn write_overall_csv(
+    path: &Path,
+    points: &[Point],
+    slices: &BTreeMap<Place, SliceLog>,
+    base: &str,
+) -> anyhow::Result<()> {
+    let (cols, rows) = overall(points, slices, base);
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(&cols)?;
     for r in rows {
@@ -168,8 +185,13 @@ pub fn write_overall_csv(path: &Path, points: &[Point], base: &str) -> anyhow::R
     files::write_whole(path, &w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
 }
 
-pub fn write_overall_json(path: &Path, points: &[Point], base: &str) -> anyhow::Result<()> {
-    let (cols, rows) = overall(points, base);
+pub fn write_overall_json(
+    path: &Path,
+    points: &[Point],
+    slices: &BTreeMap<Place, SliceLog>,
+    base: &str,
+) -> anyhow::Result<()> {
+    let (cols, rows) = overall(points, slices, base);
     let objects: Vec<serde_json::Map<String, serde_json::Value>> =
         rows.iter().map(|r| cols.iter().cloned().zip(r.iter().map(Cell::json)).collect()).collect();
     files::write_json(path, &objects)

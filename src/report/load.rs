@@ -4,7 +4,9 @@
 //! `server.json` (the server summary), `server.csv` (its per-connection log),
 //! `server-proc.json` (what the sweep saw of the server process: its CPU time over the
 //! measured phase, perf's syscall count) or `client-{label}.csv` / `client-{label}.json`
-//! (one pair per client host).
+//! (one pair per client host). A paired point's slices are `_r{round}` runs (client
+//! summaries and the server's CPU over the slice), each server's whole life there is its
+//! `_session` run, and `c{connections}_s{size}.slices.json` records how its rounds ran.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use ringbench_backends::ServerSummary;
 
-use crate::results::{read_rows_csv, ClientSummary, RunKey, ServerProcRecord, ThreadRow};
+use crate::results::{read_rows_csv, ClientSummary, Place, RunKey, ServerProcRecord, SliceLog, ThreadRow};
 
 /// One client host's output for a run.
 #[derive(Clone, Debug)]
@@ -33,6 +35,28 @@ pub struct Run {
     pub server_log_rows: Option<usize>,
     /// What the sweep saw of the server process (absent in sweeps made before it kept it).
     pub proc: Option<ServerProcRecord>,
+}
+
+/// Every run in `raw`, and the slice log of every paired point.
+#[derive(Default)]
+pub struct Loaded {
+    pub runs: BTreeMap<RunKey, Run>,
+    pub slices: BTreeMap<Place, SliceLog>,
+}
+
+/// Reads every run and slice log in `raw`.
+pub fn load(raw: &Path) -> anyhow::Result<Loaded> {
+    let runs = load_runs(raw)?;
+    let mut slices = BTreeMap::new();
+    for e in fs::read_dir(raw).with_context(|| format!("cannot read '{}'", raw.display()))?.flatten() {
+        let path = e.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(place) = name.strip_suffix(".slices.json").and_then(Place::parse) else { continue };
+        let ctx = || format!("cannot read '{}'", path.display());
+        let log: SliceLog = serde_json::from_str(&fs::read_to_string(&path).with_context(ctx)?).with_context(ctx)?;
+        slices.insert(place, log);
+    }
+    Ok(Loaded { runs, slices })
 }
 
 /// Reads every run in `raw`.

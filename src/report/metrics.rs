@@ -156,9 +156,10 @@ impl RunView<'_> {
         }
     }
 
-    /// Syscalls the server made: perf's count in a syscall run, else the backend's own.
+    /// Syscalls the server made: perf's count in a syscall run, else the backend's own
+    /// (over a paired slice: its live count between the slice's marks).
     fn server_syscalls(&self) -> Option<f64> {
-        match self.proc.and_then(|p| p.perf_syscalls) {
+        match self.proc.and_then(|p| p.perf_syscalls.or(p.syscalls)) {
             Some(n) => Some(n as f64),
             None => self.server.map(|s| s.syscalls_total as f64),
         }

@@ -14,6 +14,7 @@ pub mod context;
 pub mod export;
 pub mod load;
 pub mod metrics;
+pub mod paired;
 pub mod per_host;
 pub mod points;
 pub mod stats;
@@ -46,7 +47,7 @@ pub struct Options {
 /// Rebuilds `overall.csv`, `overall.json`, `summary.md` and `plots/` in `dir` from
 /// `dir/raw`.
 pub fn build(dir: &Path, opts: &Options) -> anyhow::Result<Built> {
-    let runs = load::load_runs(&dir.join("raw"))?;
+    let load::Loaded { runs, slices } = load::load(&dir.join("raw"))?;
     anyhow::ensure!(
         !runs.is_empty(),
         "no runs in '{}' (expected files like epoll_c100_s64_r1.client-HOST.csv)",
@@ -60,14 +61,14 @@ pub fn build(dir: &Path, opts: &Options) -> anyhow::Result<Built> {
     };
     let order = context::order(&env, &opts.order, opts.baseline.as_deref(), &present)?;
     let slo_ms = opts.slo_ms.or_else(|| env.pointer("/settings/slo_ms").and_then(|v| v.as_f64()));
-    let pts = points::points(&runs, &order);
+    let pts = points::points(&runs, &slices, &order);
     // Data first: a chart that fails to render loses nothing.
-    export::write_overall_csv(&dir.join("overall.csv"), &pts, &order[0])?;
-    export::write_overall_json(&dir.join("overall.json"), &pts, &order[0])?;
+    export::write_overall_csv(&dir.join("overall.csv"), &pts, &slices, &order[0])?;
+    export::write_overall_json(&dir.join("overall.json"), &pts, &slices, &order[0])?;
     let (charts, charts_failed) = match charts::draw_all(&dir.join("plots"), &pts, &order, &context::caption(&env)) {
         Ok(c) => (c, None),
         Err(e) => (Vec::new(), Some(format!("{e:#}"))),
     };
-    summary::write_summary_md(&dir.join("summary.md"), &pts, &order, &charts, &env, slo_ms)?;
+    summary::write_summary_md(&dir.join("summary.md"), &pts, &slices, &order, &charts, &env, slo_ms)?;
     Ok(Built { points: pts, charts_failed })
 }

@@ -9,7 +9,8 @@ use super::load::{ClientPart, Run};
 use super::metrics::{index, Metric, RunView, METRICS};
 use super::per_host::{self, HostFigures, HostPoint};
 pub use super::stats::Spread;
-use crate::results::{decode_histogram, ClientSummary, Pass, RunKey, ThreadRow};
+use super::stats::{ratio_by, Pairing, Ratio};
+use crate::results::{decode_histogram, ClientSummary, Pass, Place, RunKey, SliceLog, ThreadRow};
 
 /// The figures of one run, over all its client hosts.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -54,8 +55,10 @@ fn worst_status<'a>(statuses: impl Iterator<Item = &'a str>) -> Option<String> {
 }
 
 /// Computes a run's figures. Several client hosts are merged like the seed's two clients:
-/// means over all their connections, throughputs added, latency histograms merged.
-pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
+/// means over all their connections, throughputs added, latency histograms merged. A
+/// slice of a paired point (`slice`) has no server summary of its own: its server's log
+/// and exit are its session's.
+pub fn figures(key: &RunKey, run: &Run, slice: bool) -> RunFigures {
     // Hosts whose measured phases did not overlap are not merged: each is a problem.
     let (clients, dropped) = per_host::overlapping(&run.clients);
     let rows: Vec<&ThreadRow> = clients.iter().flat_map(|c| c.rows.iter()).collect();
@@ -104,7 +107,7 @@ pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
     };
     f.hosts = per_host::figures(&clients);
     f.problems = dropped;
-    f.problems.extend(problems(key, run, &clients, &f));
+    f.problems.extend(problems(key, run, &clients, &f, slice));
     f.ok = f.problems.is_empty();
     f
 }
@@ -112,12 +115,39 @@ pub fn figures(key: &RunKey, run: &Run) -> RunFigures {
 /// Why a run does not count: a server that never ran, lost bytes or requests, and — for
 /// ringbench's backends, which keep them — a missing or incomplete server log. An external
 /// server's status comes from the client's byte verification alone.
-fn problems(key: &RunKey, run: &Run, clients: &[&ClientPart], f: &RunFigures) -> Vec<String> {
+fn problems(key: &RunKey, run: &Run, clients: &[&ClientPart], f: &RunFigures, slice: bool) -> Vec<String> {
     let mut p = Vec::new();
     if let Some(e) = run.proc.as_ref().and_then(|r| r.error.as_ref()) {
         // Nothing else about the run means anything then.
         return vec![format!("server did not start: {e}")];
     }
+    if !slice {
+        p.extend(server_problems(run));
+    }
+    if clients.iter().all(|c| c.summary.is_none()) {
+        p.push("no client output".into());
+    }
+    if f.errors > 0 {
+        let first = clients.iter().flat_map(|c| c.rows.iter()).find(|r| r.errors > 0).map(|r| r.error.clone());
+        // A paired slice keeps summaries only: each says its first error.
+        let first = first.or_else(|| clients.iter().find_map(|c| c.summary.as_ref()?.first_error.clone()));
+        let why = first.map_or(String::new(), |e| format!(" (first: {e})"));
+        p.push(format!("{} client errors{why}", f.errors));
+    }
+    if f.requests != f.expected {
+        p.push(format!("{} of {} requests verified", f.requests, f.expected));
+    }
+    if f.connections != key.connections {
+        p.push(format!("{} connections reported for a {}-connection point", f.connections, key.connections));
+    }
+    p
+}
+
+/// What a ringbench backend's own records say is wrong: its log has a row for every
+/// connection it saw, it lost none, and it exited cleanly. An external server keeps no
+/// such records.
+fn server_problems(run: &Run) -> Vec<String> {
+    let mut p = Vec::new();
     let external = run.proc.as_ref().is_some_and(|r| r.kind == "target");
     match &run.server {
         Some(s) => {
@@ -133,20 +163,21 @@ fn problems(key: &RunKey, run: &Run, clients: &[&ClientPart], f: &RunFigures) ->
         None if external => {}
         None => p.push("no server summary (server did not exit cleanly)".into()),
     }
-    if clients.iter().all(|c| c.summary.is_none()) {
-        p.push("no client output".into());
+    p
+}
+
+/// What a paired point's session of one server says is wrong: it did not start, its own
+/// records (log, exit), or what the sweep saw go wrong with it (a client host that failed).
+fn session_problems(name: &str, run: &Run, log: Option<&SliceLog>) -> Vec<String> {
+    if let Some(e) = run.proc.as_ref().and_then(|r| r.error.as_ref()) {
+        return vec![format!("server did not start: {e}")];
     }
-    if f.errors > 0 {
-        let first = clients.iter().flat_map(|c| c.rows.iter()).find(|r| r.errors > 0);
-        let why = first.map_or(String::new(), |r| format!(" (first: {})", r.error));
-        p.push(format!("{} client errors{why}", f.errors));
+    let mut p = server_problems(run);
+    if let Some(r) = run.proc.as_ref().filter(|r| r.kind == "ringbench" && !r.exit.is_empty() && r.exit != "exit 0") {
+        p.push(format!("server {}", r.exit));
     }
-    if f.requests != f.expected {
-        p.push(format!("{} of {} requests verified", f.requests, f.expected));
-    }
-    if f.connections != key.connections {
-        p.push(format!("{} connections reported for a {}-connection point", f.connections, key.connections));
-    }
+    let prefix = format!("{name}: ");
+    p.extend(log.iter().flat_map(|l| l.failures.iter()).filter_map(|f| f.strip_prefix(&prefix)).map(String::from));
     p
 }
 
@@ -171,9 +202,18 @@ pub struct Point {
     pub values: Vec<Option<Spread>>,
     /// Each client host's figures, when the runs had several.
     pub hosts: Vec<HostPoint>,
+    /// How its runs were paired with the baseline's, and so which estimator its ratios use.
+    pub pairing: Pairing,
+    /// Paired slices: rounds left out because an idle server's CPU moved during them.
+    pub rounds_left_out: usize,
 }
 
 impl Point {
+    /// Where it is in the sweep.
+    pub fn place(&self) -> Place {
+        Place { connections: self.connections, size_bytes: self.size_bytes, rate: self.rate }
+    }
+
     /// Whether `o` is at the same place in the sweep (connections, size, rate), so the
     /// two compare.
     pub fn same_place(&self, o: &Point) -> bool {
@@ -195,43 +235,66 @@ impl Point {
 type PointKey = (usize, String, usize, usize, Option<u64>);
 
 /// Groups runs into points, in backend order of first appearance in `order` (then by
-/// name), then by size and connections.
-pub fn points(runs: &BTreeMap<RunKey, Run>, order: &[String]) -> Vec<Point> {
+/// name), then by size and connections. Points with a slice log are paired slices: their
+/// sessions' problems are theirs, and rounds an idle server disturbed are left out.
+pub fn points(runs: &BTreeMap<RunKey, Run>, slices: &BTreeMap<Place, SliceLog>, order: &[String]) -> Vec<Point> {
     let rank = |b: &str| order.iter().position(|x| x == b).unwrap_or(order.len());
-    let mut groups: BTreeMap<PointKey, Vec<(&RunKey, RunFigures)>> = BTreeMap::new();
+    let mut groups: BTreeMap<PointKey, Group> = BTreeMap::new();
     for (key, run) in runs {
         let g = (rank(&key.backend), key.backend.clone(), key.size_bytes, key.connections, key.rate);
-        groups.entry(g).or_default().push((key, figures(key, run)));
+        let log = slices.get(&key.place());
+        let group = groups.entry(g).or_default();
+        match (key.pass, log) {
+            (Pass::Session, _) => group.problems.extend(session_problems(&key.backend, run, log)),
+            (Pass::Measure, Some(l)) if l.disturbed_rounds().contains(&key.repeat) => group.left_out += 1,
+            _ => group.figs.push((key, figures(key, run, log.is_some()))),
+        }
     }
     let mut out: Vec<Point> = groups
         .into_iter()
-        .map(|((_, backend, size_bytes, connections, rate), figs)| Point {
-            backend,
-            connections,
-            size_bytes,
-            rate,
-            rate_status: worst_status(figs.iter().filter_map(|(_, f)| f.rate_status.as_deref())),
-            spectrum: figs
-                .iter()
-                .filter(|(k, _)| k.pass == Pass::Measure)
-                .filter_map(|(_, f)| f.spectrum.as_ref())
-                .fold(None, add_repeat),
-            ok: figs.iter().all(|(_, f)| f.ok),
-            requests_per_connection: figs.iter().map(|(_, f)| f.requests_per_connection).max().unwrap_or(0),
-            repeats: figs.iter().filter(|(k, _)| k.pass == Pass::Measure).count(),
-            errors: figs.iter().map(|(_, f)| f.errors).sum(),
-            problems: unique(figs.iter().flat_map(|(_, f)| f.problems.iter().cloned())),
-            values: (0..METRICS.len())
-                .map(|i| Spread::of(figs.iter().filter_map(|(k, f)| f.values[i].map(|v| (k.repeat, v))).collect()))
-                .collect(),
-            hosts: per_host::over_repeats(
-                figs.iter().filter(|(k, _)| k.pass == Pass::Measure).map(|(k, f)| (*k, f.hosts.as_slice())),
-            ),
+        .map(|((_, backend, size_bytes, connections, rate), g)| {
+            let figs = g.figs;
+            let place = Place { connections, size_bytes, rate };
+            let mut problems = g.problems;
+            problems.extend(figs.iter().flat_map(|(_, f)| f.problems.iter().cloned()));
+            Point {
+                backend,
+                connections,
+                size_bytes,
+                rate,
+                rate_status: worst_status(figs.iter().filter_map(|(_, f)| f.rate_status.as_deref())),
+                spectrum: figs
+                    .iter()
+                    .filter(|(k, _)| k.pass == Pass::Measure)
+                    .filter_map(|(_, f)| f.spectrum.as_ref())
+                    .fold(None, add_repeat),
+                ok: problems.is_empty() && figs.iter().any(|(k, _)| k.pass == Pass::Measure),
+                requests_per_connection: figs.iter().map(|(_, f)| f.requests_per_connection).max().unwrap_or(0),
+                repeats: figs.iter().filter(|(k, _)| k.pass == Pass::Measure).count(),
+                errors: figs.iter().map(|(_, f)| f.errors).sum(),
+                problems: unique(problems.into_iter()),
+                values: (0..METRICS.len())
+                    .map(|i| Spread::of(figs.iter().filter_map(|(k, f)| f.values[i].map(|v| (k.repeat, v))).collect()))
+                    .collect(),
+                hosts: per_host::over_repeats(
+                    figs.iter().filter(|(k, _)| k.pass == Pass::Measure).map(|(k, f)| (*k, f.hosts.as_slice())),
+                ),
+                pairing: if slices.contains_key(&place) { Pairing::Slices } else { Pairing::Repeats },
+                rounds_left_out: g.left_out,
+            }
         })
         .collect();
     // Sizes, then connections, then rates, ascending; backends keep their order within each.
     out.sort_by_key(|p| (p.size_bytes, p.connections, p.rate, rank(&p.backend)));
     out
+}
+
+/// The runs of one point, and what its sessions (paired slices) say is wrong.
+#[derive(Default)]
+struct Group<'a> {
+    figs: Vec<(&'a RunKey, RunFigures)>,
+    problems: Vec<String>,
+    left_out: usize,
 }
 
 /// Adds one repeat's histogram to the point's (the first starts it).
@@ -264,4 +327,15 @@ pub fn sizes(points: &[Point]) -> Vec<usize> {
     s.sort_unstable();
     s.dedup();
     s
+}
+
+/// The point of `base` that `p` is compared with (same connections, size and rate).
+pub fn baseline_of<'a>(points: &'a [Point], p: &Point, base: &str) -> Option<&'a Point> {
+    points.iter().find(|q| q.backend == base && q.same_place(p))
+}
+
+/// `p`'s figure `m` against the baseline's, paired by repeat (or round), with the
+/// estimator of the way the point was run.
+pub fn ratio(points: &[Point], p: &Point, m: &Metric, base: &str) -> Option<Ratio> {
+    ratio_by(p.pairing, baseline_of(points, p, base)?.get(m)?, p.get(m)?)
 }

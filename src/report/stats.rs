@@ -1,8 +1,17 @@
-//! How sure a comparison is. Servers alternate within each point, so repeat `r` of every
-//! server ran back to back: each repeat is a pair, and the ratio of a server's figure to
-//! the baseline's is taken pair by pair. The interval is a Student t-interval on the
-//! logarithms of those ratios (ratios multiply; their logs add), turned back into a ratio:
-//! a 95 % interval for the geometric mean ratio.
+//! How sure a comparison is. Servers alternate within each point, so repeat (or round)
+//! `r` of every server ran close together in time: each is a pair, and the ratio of a
+//! server's figure to the baseline's is taken pair by pair, on logarithms (ratios
+//! multiply; their logs add). Two estimators, one per way of running a point:
+//!
+//! - **fresh servers** (`--fresh-servers`, the seed's way): the geometric mean of the
+//!   paired ratios with a 95 % Student t-interval — the figures sweeps have always had;
+//! - **paired slices** (the default): the median of the paired log-ratios with its
+//!   distribution-free 95 % interval from the sign test (order statistics of the pairs).
+//!   On a shared VM that switches between speed regimes for seconds, a pair that
+//!   straddles a switch gives one wild ratio; a mean and its t-interval follow it (one
+//!   such pair widened an interval from ±0.3 % to [0.84, 1.07]), the median does not, and
+//!   its interval assumes nothing about the shape of the ratios' distribution. It is
+//!   exact and deterministic (no resampling), so a report rebuilds byte for byte.
 
 /// A figure over the repeats of one point.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -56,34 +65,123 @@ impl Ratio {
     /// holds 1.
     pub fn describe(&self) -> String {
         match self.ci95 {
-            Some((lo, hi)) if self.significant() => format!("{:.2}× (95 % CI {lo:.2}–{hi:.2})", self.ratio),
-            Some((lo, hi)) => format!("no significant difference ({:.2}×, 95 % CI {lo:.2}–{hi:.2})", self.ratio),
-            None => format!("{:.2}× ({} pair: no interval)", self.ratio, self.pairs),
+            Some((lo, hi)) if self.significant() => format!("{:.3}× (95 % CI {lo:.3}–{hi:.3})", self.ratio),
+            Some((lo, hi)) => format!("no significant difference ({:.3}×, 95 % CI {lo:.3}–{hi:.3})", self.ratio),
+            None => format!("{:.3}× ({} pairs: no interval)", self.ratio, self.pairs),
         }
     }
 
-    /// As a table cell: `0.93× [0.90, 0.96]`, with `≈` when the interval holds 1.
+    /// How far the interval reaches from the estimate, as a fraction of it (0.01: the
+    /// interval is within ±1 %); `None` without an interval.
+    pub fn half_width(&self) -> Option<f64> {
+        let (lo, hi) = self.ci95?;
+        Some((hi / self.ratio - 1.0).max(1.0 - lo / self.ratio))
+    }
+
+    /// As a table cell: `0.928× [0.925, 0.931]`, with `≈` when the interval holds 1 —
+    /// three decimals, as paired slices resolve differences of a few tenths of a percent.
     pub fn cell(&self) -> String {
         match self.ci95 {
             Some((lo, hi)) => {
                 let mark = if self.significant() { "" } else { "≈ " };
-                format!("{mark}{:.2}× [{lo:.2}, {hi:.2}]", self.ratio)
+                format!("{mark}{:.3}× [{lo:.3}, {hi:.3}]", self.ratio)
             }
-            None => format!("{:.2}×", self.ratio),
+            None => format!("{:.3}× (no interval: {} pairs)", self.ratio, self.pairs),
         }
+    }
+
+    /// Whether the interval holds 1 (an A/A comparison should).
+    pub fn holds_one(&self) -> bool {
+        self.ci95.is_some_and(|(lo, hi)| lo <= 1.0 && hi >= 1.0)
     }
 }
 
-/// `other` against `base`, pairing their samples by repeat number.
-pub fn paired_ratio(base: &Spread, other: &Spread) -> Option<Ratio> {
-    let logs: Vec<f64> = other
+/// How a point's servers were run, and so which estimator its ratios use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pairing {
+    /// A fresh server per run, servers alternated within each repeat.
+    #[default]
+    Repeats,
+    /// Servers up side by side, short slices of load alternated in rounds.
+    Slices,
+}
+
+/// The logarithms of `other`'s samples over `base`'s, paired by repeat (round) number.
+pub fn paired_logs(base: &Spread, other: &Spread) -> Vec<f64> {
+    other
         .samples
         .iter()
         .filter_map(|&(r, x)| {
             let (_, b) = base.samples.iter().find(|(rb, _)| *rb == r)?;
             (x > 0.0 && *b > 0.0).then(|| (x / b).ln())
         })
-        .collect();
+        .collect()
+}
+
+/// `other` against `base` with the estimator `pairing` calls for.
+pub fn ratio_by(pairing: Pairing, base: &Spread, other: &Spread) -> Option<Ratio> {
+    match pairing {
+        Pairing::Repeats => paired_ratio(base, other),
+        Pairing::Slices => median_ratio(&paired_logs(base, other)),
+    }
+}
+
+/// The median of `v` (0 when empty).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The median absolute deviation of `v`, scaled (× 1.4826) to estimate a standard
+/// deviation that one wild value does not inflate.
+pub fn robust_sd(v: &[f64]) -> f64 {
+    let m = median(v);
+    1.4826 * median(&v.iter().map(|x| (x - m).abs()).collect::<Vec<_>>())
+}
+
+/// The smallest number of pairs that gives the median a 95 % interval: with fewer, even
+/// the widest one (from the smallest to the largest pair) covers it less often.
+pub const MIN_PAIRS_FOR_INTERVAL: usize = 6;
+
+/// The rank `k` (from 1) for which the `k`-th smallest and `k`-th largest of `n` pairs
+/// bound the median with at least 95 % confidence: the largest `k` with
+/// P(Binomial(n, ½) ≤ k − 1) ≤ 2.5 %. `None` below [`MIN_PAIRS_FOR_INTERVAL`].
+pub fn sign_rank(n: usize) -> Option<usize> {
+    let mut term = 0.5f64.powi(n as i32); // P(B = 0)
+    let mut cdf = 0.0;
+    let mut k = 0;
+    for j in 0..n {
+        cdf += term;
+        if cdf > 0.025 {
+            break;
+        }
+        k = j + 1;
+        term *= (n - j) as f64 / (j + 1) as f64;
+    }
+    (k >= 1).then_some(k)
+}
+
+/// The median of paired log-ratios and its sign-test interval, as a ratio.
+pub fn median_ratio(logs: &[f64]) -> Option<Ratio> {
+    let mut v: Vec<f64> = logs.iter().copied().filter(|x| x.is_finite()).collect();
+    let n = v.len();
+    if n == 0 {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let ci95 = sign_rank(n).map(|k| (v[k - 1].exp(), v[n - k].exp()));
+    Some(Ratio { ratio: median(&v).exp(), ci95, pairs: n })
+}
+
+/// `other` against `base`, pairing their samples by repeat number: the geometric mean
+/// and its Student t-interval.
+pub fn paired_ratio(base: &Spread, other: &Spread) -> Option<Ratio> {
+    let logs = paired_logs(base, other);
     let n = logs.len();
     if n == 0 {
         return None;
@@ -153,6 +251,35 @@ mod tests {
         let (lo, hi) = r.ci95.unwrap();
         assert!((lo - (m - 4.303 * sd / 3f64.sqrt()).exp()).abs() < 1e-12);
         assert!((hi - (m + 4.303 * sd / 3f64.sqrt()).exp()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_sign_interval_is_the_order_statistics_that_cover_95_percent() {
+        // Known ranks: n = 6 → 1 (96.9 %), 10 → 2 (97.9 %), 12 → 3, 20 → 6 (95.9 %).
+        assert_eq!(sign_rank(5), None);
+        assert_eq!([6, 10, 12, 20].map(sign_rank), [Some(1), Some(2), Some(3), Some(6)]);
+        let logs: Vec<f64> = (1..=20).map(|i| (1.0 + i as f64 / 1000.0).ln()).collect();
+        let r = median_ratio(&logs).unwrap();
+        assert!((r.ratio - (1.0105f64.ln().exp())).abs() < 1e-3, "{r:?}");
+        let (lo, hi) = r.ci95.unwrap();
+        assert!((lo - 1.006).abs() < 1e-9 && (hi - 1.015).abs() < 1e-9, "{lo} {hi}");
+    }
+
+    #[test]
+    fn one_pair_that_straddles_a_regime_switch_does_not_move_the_median() {
+        // 15 pairs near 0.90; one pair caught the fast regime on one side only.
+        let mut logs: Vec<f64> = (0..14).map(|i| (0.90 + (i % 5) as f64 * 0.001).ln()).collect();
+        logs.push(2.2f64.ln());
+        let m = median_ratio(&logs).unwrap();
+        let (lo, hi) = m.ci95.unwrap();
+        assert!(hi < 0.91 && lo > 0.89, "the median's interval ignores the outlier: {m:?}");
+        let t = paired_ratio(
+            &Spread::of((0..15).map(|i| (i, 1.0)).collect()).unwrap(),
+            &Spread::of(logs.iter().enumerate().map(|(i, l)| (i, l.exp())).collect()).unwrap(),
+        )
+        .unwrap();
+        assert!(!t.significant(), "the mean's interval is dragged over 1 by it: {t:?}");
+        assert!(m.half_width().unwrap() < 0.01);
     }
 
     #[test]

@@ -1,25 +1,36 @@
 //! `summary.md`: the answer at every point with how sure it is, why (with the probe's
 //! costs of this machine), the machine, the full table, and the charts.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use super::charts::{charted, Chart, Kind};
 use super::context::{caption, costs_line, probe_ns};
-use super::export::ratio;
 use super::metrics::{metric, Metric, METRICS};
+use super::paired;
+use super::points::ratio;
 use super::points::{sizes, Point};
+use super::stats::Pairing;
 use crate::files;
+use crate::results::{Place, SliceLog};
 
-/// How every ratio in the summary is computed, said once.
-const HOW_TO_READ: &str = "Each cell is the server's figure divided by the baseline's at the same point: the \
-    geometric mean of the ratios of paired repeats (servers alternate within each repeat), with a 95 % \
-    confidence interval from a Student t-interval on the logarithms of those ratios. **≈** marks an \
+/// How every ratio in the summary is computed, said once: for fresh servers, and for
+/// paired slices.
+const HOW_TO_READ_REPEATS: &str = "Each cell is the server's figure divided by the baseline's at the same \
+    point: the geometric mean of the ratios of paired repeats (a fresh server per run, servers alternating \
+    within each repeat), with a 95 % confidence interval from a Student t-interval on the logarithms of \
+    those ratios. **≈** marks an interval that holds 1: no significant difference at that point.";
+const HOW_TO_READ_SLICES: &str = "Each cell is the server's figure divided by the baseline's at the same \
+    point: the median of the ratios of paired slices (every server up side by side, short slices of load \
+    alternating between them in rounds), with its distribution-free 95 % interval from the sign test, so \
+    a pair that straddles a change of the machine's speed regime does not move it. **≈** marks an \
     interval that holds 1: no significant difference at that point.";
 
 pub fn write_summary_md(
     path: &Path,
     points: &[Point],
+    slices: &BTreeMap<Place, SliceLog>,
     order: &[String],
     charts: &[Chart],
     env: &serde_json::Value,
@@ -32,6 +43,10 @@ pub fn write_summary_md(
         let _ = writeln!(md, "_{line}_\n");
     }
     answer_section(&mut md, points, order);
+    if let Some(base) = order.first() {
+        paired::write_calibration(&mut md, points, base);
+        paired::write_sureness(&mut md, points, slices, base);
+    }
     slo_section(&mut md, points, order, slo_ms);
     why_section(&mut md, points, order, env);
     hosts_section(&mut md, points);
@@ -65,11 +80,19 @@ fn answer_section(md: &mut String, points: &[Point], order: &[String]) {
         return;
     }
     let _ = writeln!(md, "## The answer, point by point\n");
-    let _ = writeln!(md, "{HOW_TO_READ} Lower is better for every column but req/s.\n");
+    let how = match (
+        points.iter().any(|p| p.pairing == Pairing::Slices),
+        points.iter().any(|p| p.pairing == Pairing::Repeats),
+    ) {
+        (true, true) => format!("{HOW_TO_READ_SLICES} At points run with fresh servers: {HOW_TO_READ_REPEATS}"),
+        (true, false) => HOW_TO_READ_SLICES.to_string(),
+        _ => HOW_TO_READ_REPEATS.to_string(),
+    };
+    let _ = writeln!(md, "{how} Lower is better for every column but req/s.\n");
     let all: Vec<&Point> = points.iter().collect();
     let cols: Vec<&Metric> = charted(&all).collect();
     let heads: Vec<&str> = cols.iter().map(|m| m.table.map_or(m.key, |t| t.0)).collect();
-    let place = Place::of(points);
+    let place = PlaceColumns::of(points);
     for server in order.iter().skip(1) {
         let _ = writeln!(md, "### {server} ÷ {base}\n");
         let _ = writeln!(md, "| {} | {} |", place.heads(), heads.join(" | "));
@@ -85,13 +108,13 @@ fn answer_section(md: &mut String, points: &[Point], order: &[String]) {
 
 /// The columns that say where a point is: connections and size, and the offered rate
 /// with whether it held when the sweep has rates.
-struct Place {
+struct PlaceColumns {
     open: bool,
 }
 
-impl Place {
-    fn of(points: &[Point]) -> Place {
-        Place { open: points.iter().any(|p| p.rate.is_some()) }
+impl PlaceColumns {
+    fn of(points: &[Point]) -> PlaceColumns {
+        PlaceColumns { open: points.iter().any(|p| p.rate.is_some()) }
     }
 
     fn heads(&self) -> &'static str {
@@ -186,7 +209,7 @@ fn why_section(md: &mut String, points: &[Point], order: &[String], env: &serde_
             .iter()
             .filter(|p| &p.backend == server)
             .filter_map(|p| {
-                let b = super::export::baseline_of(points, p, base)?;
+                let b = super::points::baseline_of(points, p, base)?;
                 let saved_sys = b.get(sys)?.mean - p.get(sys)?.mean;
                 let saved_cpu_us = b.get(cpu)?.mean - p.get(cpu)?.mean;
                 let predicted_us = saved_sys * syscall_ns / 1e3;
@@ -319,7 +342,7 @@ fn machine_section(md: &mut String, env: &serde_json::Value) {
 
 fn overall_section(md: &mut String, points: &[Point]) {
     let _ = writeln!(md, "## Overall\n");
-    let place = Place::of(points);
+    let place = PlaceColumns::of(points);
     let model = if place.open {
         "Latency at an offered rate is open-loop: each connection sends on its own schedule, one request in \
          flight; \"corrected\" counts from each request's intended send time (coordinated omission \

@@ -7,10 +7,12 @@
 
 mod count;
 mod epoll;
+mod live;
 mod thread;
 
 pub use count::{Sys, Syscalls};
 pub use epoll::{Epoll, Event, Events, Interest, Token};
+pub use live::LiveCounters;
 pub use thread::spawn_detached;
 
 use std::io;
@@ -132,9 +134,38 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Duplicates `fd` onto descriptor number `to` (without close-on-exec). Makes one
 /// syscall and no allocation, so it may run in a `pre_exec` hook.
 pub fn dup_to(fd: RawFd, to: RawFd) -> io::Result<()> {
+    if fd == to {
+        // dup2 onto itself does nothing, close-on-exec included: clear that flag instead.
+        // SAFETY: plain integer arguments.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
+        return Ok(());
+    }
     // SAFETY: plain integer arguments; `to` is replaced, which is what the caller asks.
     cvt(unsafe { libc::dup2(fd, to) })?;
     Ok(())
+}
+
+/// Waits up to `limit` until child `pid` is stopped (a SIGSTOP it was sent has taken
+/// effect on every thread); `false` if it was not by then. The stop is left to be seen
+/// by other waits (WNOWAIT), and an exit is not reaped.
+pub fn wait_stopped(pid: i32, limit: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        // SAFETY: siginfo_t is plain data; all zeroes means "nothing reported".
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our own child, writing into `info`.
+        cvt(unsafe {
+            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WSTOPPED | libc::WNOHANG | libc::WNOWAIT)
+        })?;
+        // SAFETY: reading the pid field of a siginfo_t the kernel filled (or zeroed).
+        if unsafe { info.si_pid() } == pid {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
 }
 
 /// Whether `fd` is an open descriptor of this process.

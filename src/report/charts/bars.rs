@@ -8,8 +8,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{at, color, compact, frame, place_label, places, x_desc, Figure, Key, FAMILY, WIDTH_PX};
-use crate::report::export::ratio;
 use crate::report::metrics::Metric;
+use crate::report::points::ratio;
 use crate::report::points::Point;
 
 /// One bar: its value and whisker, or why there is none.

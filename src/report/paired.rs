@@ -1,0 +1,227 @@
+//! How sure a sweep of paired slices is, place by place: how many rounds ran and why they
+//! stopped, the precision the headline intervals reached, the rounds in which the machine
+//! changed speed regime (every server's CPU per request moved together, far more than the
+//! pairs' spread), the pairs that straddled such a change, and the servers set apart for
+//! using CPU while idle. And the A/A calibration: whether the baseline's twin held 1.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::metrics::{metric, Metric};
+use super::points::ratio;
+use super::points::Point;
+use super::stats::{median, paired_logs, robust_sd, Pairing};
+use crate::results::{aa_name, Place, SliceLog};
+
+/// A round is in another regime when the servers' common level is this far (or four of
+/// the pairs' robust spreads, if more) from the point's usual level.
+const REGIME_SHIFT: f64 = 1.10;
+/// A pair straddled a switch when its ratio is this far (or four robust spreads) from
+/// the median ratio.
+const STRADDLE_SHIFT: f64 = 1.02;
+
+/// How sure one paired place is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlaceSure {
+    pub place: Option<Place>,
+    pub rounds: usize,
+    pub left_out: usize,
+    pub slice_s: f64,
+    /// The widest headline interval (CPU/request, req/s against the baseline), ± fraction.
+    pub precision: Option<f64>,
+    pub target: Option<f64>,
+    pub stopped: String,
+    /// Rounds in another speed regime, and the range of their levels (× the usual).
+    pub regime_rounds: usize,
+    pub regime_levels: Option<(f64, f64)>,
+    /// Pairs whose ratio was an outlier (a switch between its two slices).
+    pub straddling: usize,
+    pub isolated: Vec<String>,
+}
+
+fn headline() -> Vec<&'static Metric> {
+    ["server_cpu_us_per_request", "throughput_rps"].iter().filter_map(|k| metric(k)).collect()
+}
+
+/// The widest headline interval of `p` against the baseline, as a ± fraction; `None`
+/// for the baseline itself, or while an interval is missing.
+pub fn point_precision(points: &[Point], p: &Point, base: &str) -> Option<f64> {
+    if p.backend == base {
+        return None;
+    }
+    let mut worst = None::<f64>;
+    for m in headline() {
+        let h = ratio(points, p, m, base)?.half_width()?;
+        worst = Some(worst.map_or(h, |w| w.max(h)));
+    }
+    worst
+}
+
+/// Every paired place, in sweep order.
+pub fn places(points: &[Point], logs: &BTreeMap<Place, SliceLog>, base: &str) -> Vec<PlaceSure> {
+    let cpu = metric("server_cpu_us_per_request");
+    logs.iter()
+        .map(|(place, log)| {
+            let here: Vec<&Point> = points.iter().filter(|p| p.place() == *place).collect();
+            let precision = here
+                .iter()
+                .filter(|p| p.backend != base)
+                .map(|p| point_precision(points, p, base))
+                .try_fold(None::<f64>, |w, h| h.map(|h| Some(w.map_or(h, |w| w.max(h)))))
+                .flatten();
+            let (regime_rounds, regime_levels, straddling) = cpu.map_or((0, None, 0), |m| regimes(&here, m, base));
+            PlaceSure {
+                place: Some(*place),
+                rounds: log.rounds,
+                left_out: log.disturbed_rounds().len(),
+                slice_s: log.slice_s,
+                precision,
+                target: log.precision_target,
+                stopped: log.stopped.clone(),
+                regime_rounds,
+                regime_levels,
+                straddling,
+                isolated: log
+                    .isolated
+                    .iter()
+                    .map(|i| format!("{} from round {}: {}", i.server, i.from_round, i.why))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Rounds in another regime (with the range of their levels) and straddling pairs, from
+/// every server's figure `m` at one place.
+fn regimes(here: &[&Point], m: &Metric, base: &str) -> (usize, Option<(f64, f64)>, usize) {
+    let Some(b) = here.iter().find(|p| p.backend == base).and_then(|p| p.get(m)) else { return (0, None, 0) };
+    let others: Vec<_> = here.iter().filter(|p| p.backend != base).filter_map(|p| p.get(m)).collect();
+    let pairs: Vec<Vec<f64>> = others.iter().map(|o| paired_logs(b, o)).collect();
+    let spread = robust_sd(&pairs.iter().flatten().copied().collect::<Vec<_>>());
+    // Each round's level: the mean over servers of the log of their value over their median.
+    let mut by_round: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for s in std::iter::once(b).chain(others.iter().copied()) {
+        let med = median(&s.samples.iter().map(|x| x.1).collect::<Vec<_>>());
+        for &(r, v) in s.samples.iter().filter(|x| x.1 > 0.0 && med > 0.0) {
+            by_round.entry(r).or_default().push((v / med).ln());
+        }
+    }
+    let levels: Vec<f64> = by_round.values().map(|v| v.iter().sum::<f64>() / v.len() as f64).collect();
+    let usual = median(&levels);
+    let shift = REGIME_SHIFT.ln().max(4.0 * spread);
+    let off: Vec<f64> = levels.iter().filter(|l| (*l - usual).abs() > shift).map(|l| (l - usual).exp()).collect();
+    let range = off.iter().copied().reduce(f64::min).zip(off.iter().copied().reduce(f64::max));
+    let straddle = STRADDLE_SHIFT.ln().max(4.0 * spread);
+    let straddling =
+        pairs.iter().map(|ls| ls.iter().filter(|l| (*l - median(ls)).abs() > straddle).count()).sum::<usize>();
+    (off.len(), range, straddling)
+}
+
+/// summary.md's section on how sure paired slices are, place by place.
+pub fn write_sureness(md: &mut String, points: &[Point], logs: &BTreeMap<Place, SliceLog>, base: &str) {
+    let sure = places(points, logs, base);
+    if sure.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## How sure: paired slices\n");
+    let _ = writeln!(
+        md,
+        "Every server ran side by side for the whole point, each with its own client connected; short slices \
+         of load alternated between them in rounds, the order reversed every other round. A ratio is the \
+         median of the rounds' paired ratios with its distribution-free 95 % interval (sign test). \
+         **Precision** is the widest headline interval (CPU per request and req/s against {base}) as ±; \
+         **regime changes** are rounds in which every server's CPU per request moved together by more than \
+         {:.0} % (or four of the pairs' spreads) from the point's usual level — the machine, not a server; \
+         **straddling pairs** are pairs whose ratio was an outlier (a switch between their two slices), which \
+         the median does not follow. Rounds during which an idle server's CPU moved are left out.\n",
+        (REGIME_SHIFT - 1.0) * 100.0
+    );
+    let _ = writeln!(
+        md,
+        "| conns | size B | rate | slice s | rounds | left out | precision | target | stopped on | regime changes | straddling pairs |"
+    );
+    let _ = writeln!(md, "|---:|---:|---|---:|---:|---:|---:|---:|---|---|---:|");
+    for s in &sure {
+        let Some(p) = s.place else { continue };
+        let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |x| format!("±{:.1} %", x * 100.0));
+        let regimes = match s.regime_levels {
+            Some((lo, hi)) => format!("{} ({lo:.2}–{hi:.2}× the usual)", s.regime_rounds),
+            None => s.regime_rounds.to_string(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {regimes} | {} |",
+            p.connections,
+            p.size_bytes,
+            p.rate.map_or("closed".into(), |r| r.to_string()),
+            s.slice_s,
+            s.rounds,
+            s.left_out,
+            pct(s.precision),
+            pct(s.target),
+            s.stopped,
+            s.straddling
+        );
+    }
+    let budget: Vec<String> = sure
+        .iter()
+        .filter(|s| s.stopped == "budget" || s.stopped == "max rounds")
+        .filter_map(|s| s.place.map(|p| format!("{} connections ({})", p.connections, s.stopped)))
+        .collect();
+    if !budget.is_empty() {
+        let _ = writeln!(md, "\nStopped before reaching the precision asked for: {}.", budget.join(", "));
+    }
+    let isolated: Vec<String> = sure
+        .iter()
+        .flat_map(|s| s.isolated.iter().map(move |i| (s.place, i)))
+        .filter_map(|(p, i)| p.map(|p| format!("- at {} connections: {i}", p.connections)))
+        .collect();
+    if !isolated.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nServers set apart (stopped with SIGSTOP outside their own slices, because they used CPU while \
+             not loaded and would have taken it from the server being measured):\n\n{}",
+            isolated.join("\n")
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// summary.md's A/A section: did the baseline's second instance hold 1 at every point?
+pub fn write_calibration(md: &mut String, points: &[Point], base: &str) {
+    let twin = aa_name(base);
+    let twins: Vec<&Point> = points.iter().filter(|p| p.backend == twin).collect();
+    if twins.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Calibration (A/A): {twin} ÷ {base}\n");
+    let _ = writeln!(
+        md,
+        "{twin} is a second instance of {base}, run as a server of its own: every interval should hold 1. One \
+         that does not says the sweep can see a difference where there is none, by at least that much.\n"
+    );
+    let _ = writeln!(md, "| conns | size B | CPU/request | req/s | held 1 |");
+    let _ = writeln!(md, "|---:|---:|---|---|---|");
+    let mut held = 0;
+    for p in &twins {
+        let cells: Vec<Option<super::stats::Ratio>> = headline().iter().map(|m| ratio(points, p, m, base)).collect();
+        let ok = cells.iter().all(|r| r.is_some_and(|r| r.holds_one()));
+        held += usize::from(ok);
+        let show = |r: &Option<super::stats::Ratio>| r.map_or("n/a".into(), |r| r.cell());
+        let verdict = match (ok, p.ok) {
+            (_, false) => "Fail".to_string(),
+            (true, true) => "yes".into(),
+            (false, true) => "**no**".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {verdict} |",
+            p.connections,
+            p.size_bytes,
+            show(&cells[0]),
+            show(&cells[1])
+        );
+    }
+    let how = if twins.iter().all(|p| p.pairing == Pairing::Slices) { "paired slices" } else { "fresh servers" };
+    let _ = writeln!(md, "\nHeld 1 at {held} of {} points ({how}).\n", twins.len());
+}
