@@ -3,10 +3,10 @@
 //! the report is then built from them alone.
 //!
 //! Two ways to run a point:
-//! - **paired slices** (the default, [`paired`]): every server starts once and stays up,
+//! - **paired slices** (the default, `paired`): every server starts once per block and stays up,
 //!   each with its own client connected; short slices of load alternate between them in
 //!   rounds until the comparison is as precise as asked;
-//! - **fresh servers** (`--fresh-servers`, the seed's way, [`run`]): a fresh server process
+//! - **fresh servers** (`--fresh-servers`, the seed's way, `run`): a fresh server process
 //!   and client per run, servers interleaved within each repeat.
 
 mod clients;
