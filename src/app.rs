@@ -191,7 +191,9 @@ fn run_client(o: ClientOptions) -> anyhow::Result<ExitCode> {
     }
     for (path, corrected) in spectra.iter().flatten() {
         let s = &report.summary;
-        let encoded = if *corrected { &s.corrected_histogram } else { &s.latency_histogram };
+        // A closed loop keeps one histogram: its corrected latency is its service time.
+        let encoded =
+            if *corrected && !s.corrected_histogram.is_empty() { &s.corrected_histogram } else { &s.latency_histogram };
         let h = crate::results::decode_histogram(encoded).unwrap_or_else(client::latency::run_histogram);
         let mut text = Vec::new();
         client::latency::write_spectrum(&h, &mut text)?;

@@ -62,7 +62,9 @@ pub fn merge(cfg: &ClientConfig, parts: Vec<ClientReport>, window: Window) -> Cl
     for p in parts {
         let s = &p.summary;
         add(&mut run.service, &s.latency_histogram);
-        add(&mut run.corrected, &s.corrected_histogram);
+        // A closed loop's corrected latency is its service time (kept once).
+        let corrected = if s.corrected_histogram.is_empty() { &s.latency_histogram } else { &s.corrected_histogram };
+        add(&mut run.corrected, corrected);
         add(&mut run.lateness, &s.lateness_histogram);
         wall_s = wall_s.max(s.wall_s);
         t.connected += s.connections_ok;
@@ -146,7 +148,8 @@ fn report(
         send_lateness: None,
         client_cpu_s: t.client_cpu_s,
         latency_histogram: encode_histogram(&run.service),
-        corrected_histogram: encode_histogram(&run.corrected),
+        // In a closed loop it is the service histogram again: not kept twice.
+        corrected_histogram: if cfg.open.is_some() { encode_histogram(&run.corrected) } else { String::new() },
         lateness_histogram: encode_histogram(&run.lateness),
         measured_start_unix_us: window.start_unix_us,
         measured_end_unix_us: window.end_unix_us,
