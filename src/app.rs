@@ -22,6 +22,10 @@ pub fn main() -> ExitCode {
         Task::Matrix(cfg) => matrix::run(&cfg),
         Task::Report { dir, opts } => run_report(&dir, &opts),
         Task::Probe { server_cpu, client_cpu, json } => run_probe(server_cpu, client_cpu, json),
+        Task::Guard { sweep } => {
+            crate::guard::serve(sweep, std::io::stdin().lock());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod env;
 pub mod files;
+pub mod guard;
 pub mod hosts;
 pub mod matrix;
 pub mod probe;

@@ -104,7 +104,9 @@ impl ServerProc {
         unsafe {
             cmd.pre_exec(move || pre_exec(&cpus, nofile, pass_fd));
         }
+        crate::guard::dies_with_us(&mut cmd);
         let mut child = cmd.spawn().with_context(|| format!("cannot start '{}'", spec.program.display()))?;
+        crate::guard::group(child.id() as i32);
         let log = match &spec.output_log {
             Some(p) => Some(Arc::new(Mutex::new(
                 std::fs::File::create(p).with_context(|| format!("cannot create '{}'", p.display()))?,
@@ -252,6 +254,7 @@ impl ServerProc {
             self.signal(libc::SIGKILL);
             let _ = self.child.wait();
         }
+        crate::guard::ungroup(self.pid());
         for c in self.copiers.drain(..) {
             let _ = c.join();
         }
@@ -264,6 +267,7 @@ impl Drop for ServerProc {
         if matches!(self.child.try_wait(), Ok(None)) {
             self.signal(libc::SIGKILL);
             let _ = self.child.wait();
+            crate::guard::ungroup(self.pid());
         }
     }
 }

@@ -48,6 +48,12 @@ enum Command {
     /// Measure the costs that decide the answer here: a syscall, epoll_wait, loopback TCP,
     /// io_uring NOPs, a cross-CPU wake-up.
     Probe(ProbeArgs),
+    /// The guard of a sweep (started by the sweep itself): cleans up if the sweep dies.
+    #[command(hide = true)]
+    Guard {
+        /// The sweep's process id, for its lines.
+        sweep: u32,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -247,6 +253,7 @@ pub enum Task {
     Matrix(Box<MatrixConfig>),
     Report { dir: PathBuf, opts: crate::report::Options },
     Probe { server_cpu: Option<usize>, client_cpu: Option<usize>, json: Option<PathBuf> },
+    Guard { sweep: u32 },
 }
 
 pub struct ServerOptions {
@@ -310,6 +317,7 @@ fn task(c: Command) -> Result<Task, UsageError> {
             dir: a.dir,
             opts: crate::report::Options { order: a.backends, baseline: a.baseline, slo_ms: a.slo_ms },
         },
+        Command::Guard { sweep } => Task::Guard { sweep },
         Command::Probe(a) => {
             let (server, client) = matrix::default_pinning();
             Task::Probe {

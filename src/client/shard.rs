@@ -82,6 +82,14 @@ pub fn shard_args(cfg: &ClientConfig, connections: usize, first: usize) -> Vec<S
 ///
 /// Returns whether every request was verified.
 pub fn serve_as_shard(cfg: &ClientConfig, input: impl BufRead, mut output: impl Write) -> Result<bool, ClientError> {
+    if cfg.processes > 1 {
+        // A shard is one process of a run already; its slices are not split further.
+        return Err(io::Error::other(
+            "--processes does not combine with a shard's slices: use --engine epoll (no thread per connection), \
+             or --fresh-servers",
+        )
+        .into());
+    }
     let mut session = Session::connect(cfg)?;
     // A parent that has gone away cannot be told anything; the end of input ends us.
     let _ = writeln!(output, "ready").and_then(|()| output.flush());
@@ -148,6 +156,7 @@ impl Shard {
     /// through ssh) with piped stdin and stdout.
     pub fn spawn(mut cmd: Command, first: usize, connections: usize) -> io::Result<Shard> {
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        crate::guard::group(child.id() as i32);
         let out = child.stdout.take().map(BufReader::new).ok_or_else(|| io::Error::other("shard stdout"))?;
         let input = child.stdin.take();
         Ok(Shard { child, input, out, first, connections })
@@ -253,6 +262,23 @@ impl Shard {
     }
 }
 
+impl Drop for Shard {
+    /// Its input closes (a session shard then closes its connections and ends); it is
+    /// given a few seconds to end, then killed, and always reaped.
+    fn drop(&mut self) {
+        self.input = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        crate::guard::ungroup(self.child.id() as i32);
+    }
+}
+
 /// Splits the connections over `cfg.processes` child processes of this binary, starts
 /// them all at once, and merges what they report.
 pub fn run(cfg: &ClientConfig) -> Result<ClientReport, ClientError> {
@@ -265,6 +291,7 @@ pub fn run(cfg: &ClientConfig) -> Result<ClientReport, ClientError> {
         let share = cfg.connections / n + usize::from(i < cfg.connections % n);
         let mut cmd = Command::new(&exe);
         cmd.args(shard_args(cfg, share, first)).stderr(Stdio::inherit());
+        crate::guard::dies_with_us(&mut cmd);
         shards.push(Shard::spawn(cmd, first, share)?);
         first += share;
     }

@@ -62,6 +62,7 @@ fn host_command(h: &Hosts<'_>, i: usize, host: &HostSpec, args: &[String]) -> Co
                 .map(shell_quote)
                 .collect();
             cmd.args(words).arg(dest).arg(remote.join(" "));
+            crate::guard::dies_with_us(&mut cmd);
             return cmd;
         }
         HostSpec::Local | HostSpec::Netns(_) => {
@@ -84,6 +85,7 @@ fn host_command(h: &Hosts<'_>, i: usize, host: &HostSpec, args: &[String]) -> Co
     unsafe {
         cmd.pre_exec(move || if cpus.is_empty() { Ok(()) } else { sys::set_affinity(&cpus) });
     }
+    crate::guard::dies_with_us(&mut cmd);
     cmd
 }
 

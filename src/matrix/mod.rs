@@ -272,6 +272,11 @@ fn plan(cfg: &MatrixConfig, contenders: &[Contender], perf: bool) -> Vec<Planned
 pub fn run(cfg: &MatrixConfig) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the ringbench executable")?;
     check_hosts(cfg)?;
+    // Every process the sweep starts (and theirs) carries its pid: what it left behind is
+    // then findable, by a user and by the tests. Set before any thread exists.
+    std::env::set_var("RINGBENCH_SWEEP", std::process::id().to_string());
+    // From here on nothing started outlives the sweep; told `done` when this returns.
+    let _guard = crate::guard::Guard::start();
     let contenders = cfg.contenders()?;
     let raw = cfg.out.join("raw");
     std::fs::create_dir_all(&raw).with_context(|| format!("cannot create '{}'", raw.display()))?;

@@ -267,6 +267,7 @@ fn single_client(
         unsafe { libc::kill(client.id() as i32, libc::SIGKILL) };
         let _ = client.wait();
     }
+    crate::guard::ungroup(client.id() as i32);
     let mut err = String::new();
     if let Some(mut e) = client.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut err);
@@ -313,7 +314,10 @@ fn spawn_client(
             sys::dup_to(fd, PHASE_FD)
         });
     }
-    cmd.spawn().context("cannot start the client")
+    crate::guard::dies_with_us(&mut cmd);
+    let child = cmd.spawn().context("cannot start the client")?;
+    crate::guard::group(child.id() as i32);
+    Ok(child)
 }
 
 /// Reads the client's phase marks and samples the server's CPU time at each (its CPU
@@ -388,13 +392,15 @@ struct Perf {
 
 impl Perf {
     fn attach(pid: i32) -> Result<Perf, String> {
-        let child = Command::new("perf")
-            .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", &pid.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("perf: {e}"))?;
+        let child = crate::guard::dies_with_us(
+            Command::new("perf")
+                .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", &pid.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )
+        .spawn()
+        .map_err(|e| format!("perf: {e}"))?;
         // perf says nothing until it ends; give it time to attach before the load starts.
         std::thread::sleep(Duration::from_millis(500));
         Ok(Perf { child })

@@ -145,6 +145,20 @@ pub fn dup_to(fd: RawFd, to: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// For a `pre_exec` hook: this process (a child about to exec) gets SIGKILL when the
+/// thread that started it exits, however that ends — a crash, `kill -9`, the OOM killer.
+/// A parent that died before the request took effect is caught too (our parent is then
+/// someone else), and the child refuses to start. Two syscalls, no allocation.
+pub fn die_with_parent(parent: i32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) })?;
+    // SAFETY: getppid has no arguments and cannot fail.
+    if unsafe { libc::getppid() } != parent {
+        return Err(io::Error::other("the process that started this one is gone"));
+    }
+    Ok(())
+}
+
 /// Waits up to `limit` until child `pid` is stopped (a SIGSTOP it was sent has taken
 /// effect on every thread); `false` if it was not by then. The stop is left to be seen
 /// by other waits (WNOWAIT), and an exit is not reaped.
