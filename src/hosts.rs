@@ -97,10 +97,6 @@ pub fn parse_list(s: &str) -> Result<Vec<HostSpec>, String> {
     Ok(hosts)
 }
 
-/// The address the server listens on when clients reach it over veth links: the server
-/// side of the first link.
-pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-
 /// The namespaces, links and qdiscs a sweep's hosts need, removed when dropped.
 #[derive(Debug, Default)]
 pub struct Network {
@@ -111,6 +107,10 @@ pub struct Network {
     server_ns: Option<String>,
     /// Per host of the list: the namespace its client runs in.
     host_ns: Vec<Option<String>>,
+    /// The server side of the first link: where the server listens.
+    server_ip: Option<Ipv4Addr>,
+    /// The /24s of 198.18.0.0/15 taken here (by a live sweep, or by this one).
+    taken: std::collections::BTreeSet<u16>,
 }
 
 impl Network {
@@ -132,13 +132,15 @@ impl Network {
         if server_netns && hosts.iter().any(|h| !matches!(h, HostSpec::Netns(_))) {
             bail!("--server-netns needs every client host to be netns:NAME: local and ssh hosts cannot reach a server in its own namespace");
         }
+        remove_stale();
+        net.taken = subnets_in_use();
         let pid = std::process::id();
         if server_netns {
             let ns = format!("ringbench-{pid}-server");
             net.add_namespace(&ns)?;
             net.server_ns = Some(ns);
         }
-        let mut link = 0u8;
+        let mut link = 0u16;
         for h in hosts {
             let HostSpec::Netns(spec) = h else {
                 net.host_ns.push(None);
@@ -160,17 +162,25 @@ impl Network {
             anyhow::anyhow!("netns client hosts need CAP_NET_ADMIN (run as root) and iproute2's `ip`: {e:#}")
         })?;
         self.namespaces.push(ns.to_string());
+        crate::guard::netns(ns);
         ip(&["-n", ns, "link", "set", "lo", "up"])
     }
 
     /// Link `i` between the server's namespace (this one, or the server's own) and the
-    /// client namespace `ns`: 198.18.i.1 on the server side, 198.18.i.2 on the client side,
-    /// the client's default route through it, and `spec`'s shaping on both ends.
-    fn link(&mut self, ns: &str, i: u8, spec: &NetnsSpec) -> anyhow::Result<()> {
+    /// client namespace `ns`, on a /24 of 198.18.0.0/15 that no interface here uses (so two
+    /// sweeps at once never share addresses): .1 on the server side, .2 on the client
+    /// side, the client's default route through it, and `spec`'s shaping on both ends.
+    fn link(&mut self, ns: &str, i: u16, spec: &NetnsSpec) -> anyhow::Result<()> {
         let pid = std::process::id() % 10_000_000;
         let (near, far) = (format!("rb{pid}s{i}"), format!("rb{pid}c{i}"));
+        let net = (0..SUBNETS)
+            .find(|k| !self.taken.contains(k))
+            .ok_or_else(|| anyhow::anyhow!("every /24 of 198.18.0.0/15 is in use here"))?;
+        self.taken.insert(net);
+        let (b, c) = (18 + net / 256, net % 256);
         ip(&["link", "add", &near, "type", "veth", "peer", "name", &far, "netns", ns])?;
         self.links.push(near.clone());
+        crate::guard::link(&near);
         // The server side: here, or moved into the server's namespace.
         let side: Vec<&str> = match &self.server_ns {
             Some(s) => {
@@ -179,7 +189,8 @@ impl Network {
             }
             None => Vec::new(),
         };
-        let (server_ip, client_ip) = (format!("198.18.{i}.1"), format!("198.18.{i}.2"));
+        let (server_ip, client_ip) = (format!("198.{b}.{c}.1"), format!("198.{b}.{c}.2"));
+        self.server_ip.get_or_insert(Ipv4Addr::new(198, b as u8, c as u8, 1));
         let with = |args: &[&str]| -> Vec<String> { side.iter().chain(args).map(|s| s.to_string()).collect() };
         ip_owned(&with(&["addr", "add", &format!("{server_ip}/24"), "dev", &near]))?;
         ip_owned(&with(&["link", "set", &near, "up"]))?;
@@ -195,7 +206,7 @@ impl Network {
     /// The address the server binds to: the first link's server side, or `None` when no
     /// link was made (loopback and ssh hosts).
     pub fn server_ip(&self) -> Option<Ipv4Addr> {
-        (!self.namespaces.is_empty()).then_some(SERVER_IP)
+        self.server_ip
     }
 
     /// The words to run the server with: `ip netns exec NS` with `--server-netns`.
@@ -231,6 +242,51 @@ impl Drop for Network {
     fn drop(&mut self) {
         for why in self.teardown() {
             eprintln!("ringbench: could not remove {why}");
+        }
+    }
+}
+
+/// The /24s in 198.18.0.0/15 (198.18.0.0 to 198.19.255.0).
+const SUBNETS: u16 = 512;
+
+/// The /24s of 198.18.0.0/15 an interface of this namespace has an address in.
+fn subnets_in_use() -> std::collections::BTreeSet<u16> {
+    let out = Command::new("ip").args(["-o", "-4", "addr", "show"]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    text.split_whitespace()
+        .filter_map(|w| w.split('/').next()?.parse::<Ipv4Addr>().ok())
+        .filter_map(|a| {
+            let [x, b, c, _] = a.octets();
+            (x == 198 && (b == 18 || b == 19)).then(|| u16::from(b - 18) * 256 + u16::from(c))
+        })
+        .collect()
+}
+
+/// Namespaces (`ringbench-PID-NAME`) and links (`rbPIDs…`) of earlier sweeps whose process
+/// is gone — killed before it could remove them — are removed, one line each: left in
+/// place, their addresses would answer for this sweep's.
+fn remove_stale() {
+    let list = |args: &[&str]| -> String {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let gone = |pid: &str| pid.parse::<u32>().is_ok_and(|p| !crate::guard::ringbench_alive(p));
+    for name in list(&["netns", "list"]).lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name.strip_prefix("ringbench-").and_then(|r| r.split('-').next()) else { continue };
+        if gone(pid) && ip(&["netns", "del", name]).is_ok() {
+            eprintln!("ringbench matrix: removed namespace {name}, left by an earlier sweep (process {pid} is gone)");
+        }
+    }
+    for l in list(&["-o", "link", "show"]).lines() {
+        let Some(name) = l.split(": ").nth(1).and_then(|n| n.split('@').next()) else { continue };
+        let Some(rest) = name.strip_prefix("rb") else { continue };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let kind_ok = rest[pid.len()..].starts_with(['s', 'c']);
+        if !pid.is_empty() && kind_ok && gone(&pid) && ip(&["link", "del", name]).is_ok() {
+            eprintln!("ringbench matrix: removed link {name}, left by an earlier sweep (process {pid} is gone)");
         }
     }
 }
