@@ -40,6 +40,16 @@ pub struct ProbeReport {
     pub client_cpu: Option<usize>,
     pub costs: Vec<Cost>,
     pub took_s: f64,
+    /// Costs it could not measure here, each with why (`cross_cpu_wakeup` on one CPU).
+    #[serde(default)]
+    pub not_measured: Vec<NotMeasured>,
+}
+
+/// A cost the probe names but could not measure on this machine.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NotMeasured {
+    pub name: String,
+    pub why: String,
 }
 
 impl ProbeReport {
@@ -209,29 +219,55 @@ pub fn run(server_cpu: Option<usize>, client_cpu: Option<usize>) -> anyhow::Resu
     let t0 = Instant::now();
     let all = sys::affinity().unwrap_or_default();
     let measured = std::thread::scope(|s| {
-        s.spawn(|| -> anyhow::Result<(Vec<Cost>, Vec<String>)> {
-            if let Some(c) = server_cpu {
-                sys::set_affinity(&[c])?;
-            }
-            let mut costs = vec![null_syscall()?, epoll_wait_one()?, tcp_loopback()?];
-            let mut skipped = Vec::new();
-            for batch in [1, 64] {
-                match uring_nops(batch) {
-                    Ok(c) => costs.push(c),
-                    Err(e) => skipped.push(format!("io_uring NOPs not measured: {e:#}")),
-                }
-            }
-            costs.push(cross_cpu_wakeup(server_cpu, client_cpu)?);
-            Ok((costs, skipped))
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("probe thread panicked"))?
+        s.spawn(|| measure_all(&all, server_cpu, client_cpu))
+            .join()
+            .map_err(|_| anyhow::anyhow!("probe thread panicked"))?
     })?;
     if !all.is_empty() {
         let _ = sys::set_affinity(&all);
     }
     let (costs, skipped) = measured;
-    Ok((ProbeReport { server_cpu, client_cpu, costs, took_s: t0.elapsed().as_secs_f64() }, skipped))
+    let not_measured = skipped
+        .iter()
+        .filter_map(|s| s.split_once(": "))
+        .map(|(name, why)| NotMeasured { name: name.into(), why: why.into() })
+        .collect();
+    Ok((ProbeReport { server_cpu, client_cpu, costs, took_s: t0.elapsed().as_secs_f64(), not_measured }, skipped))
+}
+
+/// Every cost, on a thread of its own pinned to `server_cpu`; what cannot be measured
+/// here is named with why.
+fn measure_all(
+    all: &[usize],
+    server_cpu: Option<usize>,
+    client_cpu: Option<usize>,
+) -> anyhow::Result<(Vec<Cost>, Vec<String>)> {
+    if let Some(c) = server_cpu {
+        sys::set_affinity(&[c])?;
+    }
+    let mut costs = vec![null_syscall()?, epoll_wait_one()?, tcp_loopback()?];
+    let mut skipped = Vec::new();
+    for (batch, name) in [(1, "io_uring_nop"), (64, "io_uring_nop_batch64")] {
+        match uring_nops(batch) {
+            Ok(c) => costs.push(c),
+            Err(e) => skipped.push(format!("{name}: not measured ({e:#})")),
+        }
+    }
+    match wakeup_cpus(all, server_cpu, client_cpu) {
+        Some((from, to)) => costs.push(cross_cpu_wakeup(Some(from), Some(to))?),
+        None => {
+            skipped.push("cross_cpu_wakeup: not measured (one CPU): there is no other CPU to wake a thread on".into())
+        }
+    }
+    Ok((costs, skipped))
+}
+
+/// The two CPUs of the wake-up: the ones asked for, else the first two this process may
+/// use; `None` when there is only one (then a "cross-CPU" wake-up would be a same-CPU one).
+fn wakeup_cpus(allowed: &[usize], server: Option<usize>, client: Option<usize>) -> Option<(usize, usize)> {
+    let from = server.or(allowed.first().copied())?;
+    let to = client.or_else(|| allowed.iter().copied().find(|&c| c != from))?;
+    (from != to && allowed.len() > 1).then_some((from, to))
 }
 
 impl std::fmt::Display for ProbeReport {
@@ -245,6 +281,9 @@ impl std::fmt::Display for ProbeReport {
         )?;
         for c in &self.costs {
             writeln!(f, "  {:<22} {:>9.1} ns  ({:.1}–{:.1})  {}", c.name, c.median_ns, c.p10_ns, c.p90_ns, c.what)?;
+        }
+        for n in &self.not_measured {
+            writeln!(f, "  {:<22} {}", n.name, n.why)?;
         }
         write!(f, "  took {:.1} s", self.took_s)
     }
