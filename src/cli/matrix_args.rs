@@ -7,8 +7,8 @@ use clap::Args;
 use ringbench_backends::Variant;
 
 use super::values::{
-    parse_hosts, parse_positive_ms, parse_positive_secs, parse_precision, parse_secs_or_zero, parse_size,
-    parse_slice_secs, parse_target, HostList,
+    parse_backend, parse_hosts, parse_positive_ms, parse_positive_secs, parse_precision, parse_secs_or_zero,
+    parse_size, parse_slice_secs, parse_target, HostList,
 };
 use super::{EngineArg, UsageError};
 use crate::client;
@@ -28,9 +28,10 @@ pub(super) struct MatrixArgs {
     /// Connection counts to sweep [default: 100,200,500,1000,1500,2000,2500,3000,4000].
     #[arg(long, value_delimiter = ',', value_name = "N,N,...", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     connections: Vec<u64>,
-    /// Backends (and variants such as uring-no-bufring) to compare, interleaved [default: epoll,uring].
-    #[arg(long, value_delimiter = ',', value_name = "NAME,NAME,...", value_parser = Variant::parse)]
-    backends: Vec<Variant>,
+    /// Backends (and variants such as uring-no-bufring) to compare, interleaved; `none`
+    /// for --target servers alone [default: epoll,uring, with any --target added].
+    #[arg(long, value_delimiter = ',', value_name = "NAME,NAME,...", value_parser = parse_backend)]
+    backends: Vec<Option<Variant>>,
     /// Requests per connection [default: 100].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     requests: Option<u64>,
@@ -178,10 +179,18 @@ impl MatrixArgs {
                 "--server-cpus/--client-cpus: CPU {c} is not one this process may use ({allowed:?})"
             )));
         }
-        let backends = if self.backends.is_empty() && self.targets.is_empty() {
+        // --target adds to the default backends; `--backends none` leaves targets alone.
+        let none = self.backends.iter().any(Option::is_none);
+        if none && self.backends.len() > 1 {
+            return Err(UsageError("--backends none cannot be listed with backends".into()));
+        }
+        if none && self.targets.is_empty() {
+            return Err(UsageError("--backends none needs at least one --target to compare".into()));
+        }
+        let backends = if self.backends.is_empty() {
             vec!["epoll".into(), "uring".into()]
         } else {
-            self.backends.into_iter().map(|v| v.name).collect::<Vec<String>>()
+            self.backends.into_iter().flatten().map(|v| v.name).collect::<Vec<String>>()
         };
         if !self.rates.is_empty() && self.duration.is_none() && self.fresh_servers {
             return Err(UsageError("--rates needs --duration: how long each rate is measured".into()));

@@ -112,3 +112,11 @@ pub(super) fn parse_precision(s: &str) -> Result<f64, String> {
         _ => Err(format!("'{s}' must be a fraction more than 0 and at most 0.5 (0.01: ±1 %)")),
     }
 }
+
+/// A `--backends` entry: a backend or variant, or `none` (targets alone).
+pub(super) fn parse_backend(s: &str) -> Result<Option<Variant>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    Variant::parse(s).map(Some)
+}
