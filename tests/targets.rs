@@ -85,4 +85,13 @@ fn a_sweep_measures_external_servers_and_fails_faulty_ones_with_their_reason() {
     assert!(md.contains("never at 4 connections: server did not start: nothing accepted connections"), "{md}");
     assert!(md.contains("exit at 4 connections: server did not start: the server exited before it was ready"), "{md}");
     assert!(md.contains("wrong at 4 connections: 4 client errors (first: request 0: echo mismatch at byte 0"), "{md}");
+    // A server that echoed wrong bytes gets no ratio anywhere — never a "faster" cell.
+    let table = md.split("### wrong ÷ epoll").nth(1).unwrap().split("\n\n").nth(1).unwrap();
+    for row in table.lines().skip(2) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).filter(|c| !c.is_empty()).skip(2).collect();
+        assert!(!cells.is_empty() && cells.iter().all(|c| c.starts_with("Fail[^")), "{table}");
+    }
+    assert!(md.contains("No ratio where a point failed: wrong failed at 4 connections: 4 client errors"), "{md}");
+    let wrong = row("wrong");
+    assert_eq!(&wrong[col("server_cpu_us_per_request_ratio")], "n/a", "no ratio for a failed point in overall.csv");
 }

@@ -208,19 +208,12 @@ pub fn write_calibration(md: &mut String, points: &[Point], base: &str) {
         let ok = cells.iter().all(|r| r.is_some_and(|r| r.holds_one()));
         held += usize::from(ok);
         let show = |r: &Option<super::stats::Ratio>| r.map_or("n/a".into(), |r| r.cell());
-        let verdict = match (ok, p.ok) {
-            (_, false) => "Fail".to_string(),
-            (true, true) => "yes".into(),
-            (false, true) => "**no**".into(),
+        let (a, b, verdict) = match (ok, super::points::failed_pair(points, p, base)) {
+            (_, Some(why)) => ("Fail".to_string(), "Fail".to_string(), format!("Fail: {why}")),
+            (true, None) => (show(&cells[0]), show(&cells[1]), "yes".into()),
+            (false, None) => (show(&cells[0]), show(&cells[1]), "**no**".into()),
         };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {verdict} |",
-            p.connections,
-            p.size_bytes,
-            show(&cells[0]),
-            show(&cells[1])
-        );
+        let _ = writeln!(md, "| {} | {} | {a} | {b} | {verdict} |", p.connections, p.size_bytes);
     }
     let how = if twins.iter().all(|p| p.pairing == Pairing::Slices) { "paired slices" } else { "fresh servers" };
     let _ = writeln!(md, "\nHeld 1 at {held} of {} points ({how}).\n", twins.len());

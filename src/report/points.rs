@@ -336,6 +336,25 @@ pub fn baseline_of<'a>(points: &'a [Point], p: &Point, base: &str) -> Option<&'a
 
 /// `p`'s figure `m` against the baseline's, paired by repeat (or round), with the
 /// estimator of the way the point was run.
+///
+/// A point that failed — or whose baseline did — has no ratio: a server that echoed wrong
+/// bytes is not "faster", whatever its clock says.
 pub fn ratio(points: &[Point], p: &Point, m: &Metric, base: &str) -> Option<Ratio> {
-    ratio_by(p.pairing, baseline_of(points, p, base)?.get(m)?, p.get(m)?)
+    let b = baseline_of(points, p, base)?;
+    if !p.ok || !b.ok {
+        return None;
+    }
+    ratio_by(p.pairing, b.get(m)?, p.get(m)?)
+}
+
+/// Why `p` has no ratios against the baseline, when it or the baseline failed there.
+pub fn failed_pair(points: &[Point], p: &Point, base: &str) -> Option<String> {
+    let b = baseline_of(points, p, base);
+    let why = |q: &Point| format!("{} failed at {} connections: {}", q.backend, q.connections, q.problems.join("; "));
+    match b {
+        _ if !p.ok => Some(why(p)),
+        Some(b) if !b.ok => Some(why(b)),
+        None => None,
+        Some(_) => None,
+    }
 }

@@ -9,7 +9,7 @@ use super::charts::{charted, Chart, Kind};
 use super::context::{caption, costs_line, probe_ns};
 use super::metrics::{metric, Metric, METRICS};
 use super::paired;
-use super::points::ratio;
+use super::points::{failed_pair, ratio};
 use super::points::{sizes, Point};
 use super::stats::Pairing;
 use crate::files;
@@ -97,12 +97,24 @@ fn answer_section(md: &mut String, points: &[Point], order: &[String]) {
         let _ = writeln!(md, "### {server} ÷ {base}\n");
         let _ = writeln!(md, "| {} | {} |", place.heads(), heads.join(" | "));
         let _ = writeln!(md, "|{}{}", place.rule(), "---|".repeat(cols.len()));
+        let mut footnotes = Vec::new();
         for p in points.iter().filter(|p| &p.backend == server) {
-            let cells: Vec<String> =
-                cols.iter().map(|m| ratio(points, p, m, base).map_or("n/a".into(), |r| r.cell())).collect();
+            let cells: Vec<String> = match failed_pair(points, p, base) {
+                Some(why) => {
+                    footnotes.push(why);
+                    vec![format!("Fail[^{}]", footnotes.len()); cols.len()]
+                }
+                None => cols.iter().map(|m| ratio(points, p, m, base).map_or("n/a".into(), |r| r.cell())).collect(),
+            };
             let _ = writeln!(md, "| {} | {} |", place.cells(p), cells.join(" | "));
         }
         let _ = writeln!(md);
+        for (i, why) in footnotes.iter().enumerate() {
+            let _ = writeln!(md, "[^{}]: No ratio where a point failed: {why}.", i + 1);
+        }
+        if !footnotes.is_empty() {
+            let _ = writeln!(md);
+        }
     }
 }
 
@@ -190,7 +202,22 @@ fn slo_section(md: &mut String, points: &[Point], order: &[String], slo_ms: Opti
 /// syscalls saved per request × the probe's cost of a syscall, against the CPU actually
 /// saved per request.
 fn why_section(md: &mut String, points: &[Point], order: &[String], env: &serde_json::Value) {
-    let (Some(base), Some(syscall_ns)) = (order.first(), probe_ns(env, "null_syscall")) else { return };
+    let Some(base) = order.first().filter(|_| order.len() > 1) else { return };
+    let Some(syscall_ns) = probe_ns(env, "null_syscall") else {
+        let why = if env.get("probe").is_none_or(|p| p.is_null()) {
+            "the probe did not run (`--no-probe`, or it failed: see the sweep's output)".to_string()
+        } else {
+            "the probe could not measure a null syscall here".to_string()
+        };
+        let _ = writeln!(
+            md,
+            "## Why
+
+No syscall cost to weigh the syscalls saved against: {why}.
+"
+        );
+        return;
+    };
     let (Some(cpu), Some(sys)) = (metric("server_cpu_us_per_request"), metric("server_syscalls_per_request")) else {
         return;
     };
@@ -209,6 +236,12 @@ fn why_section(md: &mut String, points: &[Point], order: &[String], env: &serde_
             .iter()
             .filter(|p| &p.backend == server)
             .filter_map(|p| {
+                if failed_pair(points, p, base).is_some() {
+                    return Some(format!(
+                        "| {} | Fail | Fail | Fail | Fail (see the answer's footnotes) |",
+                        p.connections
+                    ));
+                }
                 let b = super::points::baseline_of(points, p, base)?;
                 let saved_sys = b.get(sys)?.mean - p.get(sys)?.mean;
                 let saved_cpu_us = b.get(cpu)?.mean - p.get(cpu)?.mean;
@@ -333,6 +366,13 @@ fn machine_section(md: &mut String, env: &serde_json::Value) {
             .map(|c| format!("{} {:.0} ns", c["name"].as_str().unwrap_or("?"), c["median_ns"].as_f64().unwrap_or(0.0)))
             .collect();
         let _ = writeln!(md, "| probe (median) | {} |", line.join(", "));
+    }
+    if let Some(missing) = env.pointer("/probe/not_measured").and_then(|c| c.as_array()).filter(|m| !m.is_empty()) {
+        let line: Vec<String> = missing
+            .iter()
+            .map(|c| format!("{}: {}", c["name"].as_str().unwrap_or("?"), c["why"].as_str().unwrap_or("?")))
+            .collect();
+        let _ = writeln!(md, "| probe, not measured | {} |", line.join("; "));
     }
     if let Some(st) = env.get("settings") {
         let _ = writeln!(md, "| settings | `{st}` |");

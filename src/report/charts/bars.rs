@@ -9,8 +9,8 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{at, color, compact, frame, place_label, places, x_desc, Figure, Key, FAMILY, WIDTH_PX};
 use crate::report::metrics::Metric;
-use crate::report::points::ratio;
 use crate::report::points::Point;
+use crate::report::points::{failed_pair, ratio};
 
 /// One bar: its value and whisker, or why there is none.
 pub(super) enum Bar {
@@ -95,12 +95,16 @@ pub(super) fn ratio_bars(
         .map(|b| {
             let bars = xs
                 .iter()
-                .map(|x| match at(points, b, x).and_then(|p| ratio(all, p, m, base)) {
-                    Some(r) => {
-                        let (lo, hi) = r.ci95.unwrap_or((r.ratio, r.ratio));
-                        Bar::Value { value: r.ratio, lo, hi }
+                .map(|x| {
+                    let p = at(points, b, x);
+                    match p.and_then(|p| ratio(all, p, m, base)) {
+                        Some(r) => {
+                            let (lo, hi) = r.ci95.unwrap_or((r.ratio, r.ratio));
+                            Bar::Value { value: r.ratio, lo, hi }
+                        }
+                        None if p.is_some_and(|p| failed_pair(all, p, base).is_some()) => Bar::Missing("Fail"),
+                        None => Bar::Missing("n/a"),
                     }
-                    None => Bar::Missing("n/a"),
                 })
                 .collect();
             (b.clone(), bars)
