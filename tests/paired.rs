@@ -82,6 +82,9 @@ fn a_paired_sweep_keeps_every_server_up_and_reports_how_sure_it_is() {
     let dir = tempfile::tempdir().unwrap();
     let out = sweep(dir.path(), &["--backends", "epoll,uring", "--aa", "--repeats", "6"]);
     assert!(out.status.success(), "{}", text(&out));
+    // The progress says how much is done and about how long is left, up front and per point.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at most about") && err.contains("[1/1 points, done] 12 connections"), "{err}");
     let raw = dir.path().join("raw");
     let log = json(&raw.join("c12_s64.slices.json"));
     assert_eq!(log["rounds"], 6);
@@ -244,6 +247,8 @@ fn fresh_servers_keep_the_seeds_runs_and_files() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[1/4 runs, about") && err.contains("[4/4 runs, done]"), "{err}");
     let raw = dir.path().join("raw");
     for f in ["epoll_c5_s64_r1.server.json", "uring_c5_s64_r2.server.csv", "epoll_c5_s64_r2.spectrum.service.hgrm"] {
         assert!(raw.join(f).exists(), "{f}");

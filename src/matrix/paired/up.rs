@@ -24,8 +24,10 @@ pub(super) type Figures = BTreeMap<String, Vec<(usize, f64, f64)>>;
 /// A server that used more than this share of a CPU while another was loaded (or before
 /// any load) is set apart.
 const IDLE_CPU_SHARE: f64 = 0.01;
-/// How long the servers are watched, all idle, before the first round.
+/// One window of watching every server idle before the first round.
 const SETTLE: Duration = Duration::from_millis(250);
+/// How long start-up may take to quieten down before a busy server is set apart.
+const SETTLE_LIMIT: Duration = Duration::from_secs(3);
 
 /// One server of a point, up for the whole point.
 pub(super) struct Up {
@@ -157,14 +159,29 @@ pub(super) fn connect_clients(ctx: &Ctx<'_>, place: &Place, ups: &mut [Up], orde
 /// Watches every server idle for [`SETTLE`]; one that uses CPU meanwhile is set apart
 /// before the first round.
 pub(super) fn settle(ups: &mut [Up], log: &mut SliceLog) {
-    let a = sample(ups);
-    std::thread::sleep(SETTLE);
-    let b = sample(ups);
-    let wall = b.at.duration_since(a.at).as_secs_f64();
-    for (i, u) in ups.iter_mut().enumerate() {
-        if let Some(cpu) = cpu_between(&a, &b, i).filter(|cpu| *cpu > IDLE_CPU_SHARE * wall) {
-            let why = format!("it used {:.0} % of a CPU while no server was loaded", 100.0 * cpu / wall);
-            isolate(u, 0, why, log);
+    // Start-up may still be finishing (the thread-per-connection server zeroes a read
+    // buffer for each of its threads after the client says it is connected): watch in
+    // windows until every server is quiet, or the limit; only what still burns CPU then
+    // is set apart.
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    loop {
+        let a = sample(ups);
+        std::thread::sleep(SETTLE);
+        let b = sample(ups);
+        let wall = b.at.duration_since(a.at).as_secs_f64();
+        let busy: Vec<(usize, f64)> = (0..ups.len())
+            .filter_map(|i| cpu_between(&a, &b, i).map(|c| (i, c / wall)))
+            .filter(|&(_, share)| share > IDLE_CPU_SHARE)
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            for (i, share) in busy {
+                let why = format!("it used {:.0} % of a CPU while no server was loaded", 100.0 * share);
+                isolate(&mut ups[i], 0, why, log);
+            }
+            return;
         }
     }
 }
