@@ -20,5 +20,6 @@ pub mod probe;
 pub mod report;
 pub mod results;
 pub mod server_proc;
+pub mod workload;
 
 pub use ringbench_backends as backends;

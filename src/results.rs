@@ -10,6 +10,8 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::workload::Workload;
+
 /// One row of the client CSV: what one thread (one connection) did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ThreadRow {
@@ -172,6 +174,23 @@ pub struct ClientSummary {
     /// still says what went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// What each connection did (`rr`, `crr`, `pipeline:D`, `stream`, `idle:K`).
+    #[serde(default = "rr")]
+    pub workload: String,
+    /// crr: each connection's connect, as a histogram (ns) and its summary.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub connect_histogram: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<Percentiles>,
+    /// idle:K: the idle connections, and how many echoed their one request at the end.
+    #[serde(default)]
+    pub idle_connections: usize,
+    #[serde(default)]
+    pub idle_echoed: usize,
+}
+
+fn rr() -> String {
+    "rr".into()
 }
 
 /// How to read the latency figures; printed with them.
@@ -226,6 +245,8 @@ pub enum Pass {
 pub struct RunKey {
     /// The server: a backend (or variant) name, or an external target's name.
     pub backend: String,
+    /// What each connection did (`rr` leaves file names as they always were).
+    pub workload: Workload,
     pub connections: usize,
     pub size_bytes: usize,
     /// The open-loop rate offered, requests per second (`None`: a closed loop).
@@ -236,7 +257,8 @@ pub struct RunKey {
 
 impl RunKey {
     /// The file-name stem, e.g. `uring_c1000_s64_r2` (`_p1` for a syscall run,
-    /// `_q20000` before it for an open loop at 20,000 req/s).
+    /// `_q20000` before it for an open loop at 20,000 req/s, `_wcrr` after the server for
+    /// another workload than rr).
     pub fn stem(&self) -> String {
         let run = match self.pass {
             Pass::Measure => format!("r{}", self.repeat),
@@ -248,37 +270,38 @@ impl RunKey {
 
     /// Where in the sweep the run is.
     pub fn place(&self) -> Place {
-        Place { connections: self.connections, size_bytes: self.size_bytes, rate: self.rate }
+        Place { workload: self.workload, connections: self.connections, size_bytes: self.size_bytes, rate: self.rate }
     }
 
     /// Parses a stem written by [`RunKey::stem`].
     pub fn parse(stem: &str) -> Option<RunKey> {
-        let (rest, last) = stem.rsplit_once('_')?;
+        let mut parts: Vec<&str> = stem.split('_').collect();
+        let last = parts.pop()?;
         let (pass, repeat) = match (last.strip_prefix('r'), last.strip_prefix('p')) {
             _ if last.starts_with("session") => (Pass::Session, last["session".len()..].parse().ok()?),
             (Some(n), _) => (Pass::Measure, n.parse().ok()?),
             (_, Some(n)) => (Pass::Syscalls, n.parse().ok()?),
             _ => return None,
         };
-        let (rest, maybe_rate) = rest.rsplit_once('_')?;
-        let (rest, rate, size) = match maybe_rate.strip_prefix('q') {
+        let rate = match parts.last().and_then(|p| p.strip_prefix('q')) {
             Some(r) => {
-                let (rest, size) = rest.rsplit_once('_')?;
-                (rest, Some(r.parse().ok()?), size)
+                let r = r.parse().ok()?;
+                parts.pop();
+                Some(r)
             }
-            None => (rest, None, maybe_rate),
+            None => None,
         };
-        let size_bytes = size.strip_prefix('s')?.parse().ok()?;
-        let (backend, conns) = rest.rsplit_once('_')?;
-        let connections = conns.strip_prefix('c')?.parse().ok()?;
-        (!backend.is_empty()).then(|| RunKey {
-            backend: backend.to_string(),
-            connections,
-            size_bytes,
-            rate,
-            repeat,
-            pass,
-        })
+        let size_bytes = parts.pop()?.strip_prefix('s')?.parse().ok()?;
+        let connections = parts.pop()?.strip_prefix('c')?.parse().ok()?;
+        let workload = match parts.last().and_then(|p| p.strip_prefix('w')).and_then(Workload::from_stem) {
+            Some(w) if parts.len() > 1 => {
+                parts.pop();
+                w
+            }
+            _ => Workload::Rr,
+        };
+        let backend = parts.join("_");
+        (!backend.is_empty()).then_some(RunKey { backend, workload, connections, size_bytes, rate, repeat, pass })
     }
 }
 
@@ -320,25 +343,31 @@ pub fn aa_name(baseline: &str) -> String {
     format!("{baseline}-aa")
 }
 
-/// A place in a sweep: connections, request size, and the offered rate of an open loop.
+/// A place in a sweep: the workload, connections, request size, and the offered rate of
+/// an open loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Place {
+    #[serde(default)]
+    pub workload: Workload,
     pub connections: usize,
     pub size_bytes: usize,
     pub rate: Option<u64>,
 }
 
 impl Place {
-    /// `c1000_s64` (`_q20000` for an open loop at 20,000 req/s): the slice log's name.
+    /// `c1000_s64` (`_q20000` for an open loop at 20,000 req/s, `wcrr_` before it for
+    /// another workload than rr): the slice log's name.
     pub fn stem(&self) -> String {
         let q = self.rate.map_or(String::new(), |r| format!("_q{r}"));
-        format!("c{}_s{}{q}", self.connections, self.size_bytes)
+        let w = self.workload.stem().map_or(String::new(), |w| format!("w{w}_"));
+        format!("{w}c{}_s{}{q}", self.connections, self.size_bytes)
     }
 
     /// The run of `server` here.
     pub fn key(&self, server: &str, repeat: usize, pass: Pass) -> RunKey {
         RunKey {
             backend: server.to_string(),
+            workload: self.workload,
             connections: self.connections,
             size_bytes: self.size_bytes,
             rate: self.rate,
@@ -371,7 +400,7 @@ pub struct SliceLog {
     pub rounds: usize,
     /// Why no more rounds were run.
     pub stopped: String,
-    /// Wall time of the rounds, in seconds.
+    /// Wall time of the point, its blocks' start-ups included, in seconds.
     pub elapsed_s: f64,
     pub slices: Vec<SliceRecord>,
     /// The blocks: each starts every server afresh, in its own order.
@@ -476,6 +505,21 @@ impl std::fmt::Display for ClientSummary {
         writeln!(f, "  latency model      {}", self.latency_model)?;
         writeln!(f, "  AvgTotalDuration   {:.6} s", self.avg_total_duration_s)?;
         writeln!(f, "  AvgResponseTime    {:.6} s", self.avg_response_time_s)?;
+        if let Some(c) = &self.connect {
+            writeln!(
+                f,
+                "  connect (us)       mean {:.1}  p50 {:.1}  p99 {:.1}  max {:.1}  ({} connections, one a request)",
+                c.mean_us, c.p50_us, c.p99_us, c.max_us, c.count
+            )?;
+        }
+        if self.idle_connections > 0 {
+            writeln!(
+                f,
+                "  idle               {} of {} idle connections echoed at the end",
+                self.idle_echoed, self.idle_connections
+            )?;
+        }
+        writeln!(f, "  workload           {}", self.workload)?;
         write!(f, "  connect            mean {:.6} s, max {:.6} s", self.connect_mean_s, self.connect_max_s)
     }
 }
@@ -488,6 +532,7 @@ mod tests {
     fn run_keys_round_trip_with_hyphenated_backends() {
         let mut k = RunKey {
             backend: "uring-no-bufring".into(),
+            workload: Workload::Rr,
             connections: 1500,
             size_bytes: 64,
             rate: None,
@@ -508,6 +553,10 @@ mod tests {
         assert_eq!(RunKey::parse(&k.stem()), Some(k.clone()));
         assert_eq!(k.place().stem(), "c1500_s64_q20000");
         assert_eq!(Place::parse("c1500_s64_q20000"), Some(k.place()));
+        k.workload = Workload::Pipeline { depth: 8 };
+        assert_eq!(k.stem(), "uring-no-bufring_wpipeline8_c1500_s64_q20000_session2");
+        assert_eq!(RunKey::parse(&k.stem()), Some(k.clone()));
+        assert_eq!(Place::parse("wpipeline8_c1500_s64_q20000"), Some(k.place()));
         assert_eq!(RunKey::parse("notes"), None);
         assert_eq!(RunKey::parse("_c1_s1_r1"), None);
     }

@@ -30,7 +30,7 @@ const BACKENDS: &[&str] = &["epoll", "uring", "threads"];
 /// The tool crate's layers: result types and files at the bottom, then what runs, then
 /// the command line, then the binary's entry.
 const TOOL_LAYERS: &[&[&str]] = &[
-    &["files", "results", "guard"],
+    &["files", "results", "guard", "workload"],
     &["client", "server_proc", "report"],
     &["env", "probe", "hosts"],
     &["matrix"],

@@ -11,8 +11,9 @@ use super::values::{
     parse_size, parse_slice_secs, parse_target, HostList,
 };
 use super::{EngineArg, UsageError};
-use crate::client;
+use crate::client::{self, SPARE_FDS};
 use crate::matrix::{self, MatrixConfig, Target};
+use crate::workload::{Workload, DEFAULT_WINDOW_BYTES};
 
 /// Paired slices' defaults, chosen from measurements on this project's machines (README,
 /// "How sure"): rounds enough for a sign-test interval to be worth reading, no cap on
@@ -82,6 +83,14 @@ pub(super) struct MatrixArgs {
     /// connections (needs --duration): where each server's latency knee is.
     #[arg(long, value_delimiter = ',', value_name = "REQ/S,...", value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     rates: Vec<u64>,
+    /// Workloads to sweep: rr (one request in flight per connection, the seed's), crr (a
+    /// new connection per request), pipeline:D (D in flight), stream (--window bytes in
+    /// flight), idle:K (K idle connections beside the active ones) [default: rr].
+    #[arg(long, value_delimiter = ',', value_name = "W,W,...", value_parser = Workload::parse)]
+    workloads: Vec<Workload>,
+    /// stream: bytes in flight on every connection.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_WINDOW_BYTES, value_parser = clap::value_parser!(u64).range(1..=1_073_741_824))]
+    window: u64,
     /// The client engine: threads (a thread per connection) or epoll (event loops).
     #[arg(long, value_enum, default_value = "threads")]
     engine: EngineArg,
@@ -192,6 +201,7 @@ impl MatrixArgs {
         } else {
             self.backends.into_iter().flatten().map(|v| v.name).collect::<Vec<String>>()
         };
+        check_workloads(&self.workloads, &self.rates, self.engine, &self.connections)?;
         if !self.rates.is_empty() && self.duration.is_none() && self.fresh_servers {
             return Err(UsageError("--rates needs --duration: how long each rate is measured".into()));
         }
@@ -273,6 +283,8 @@ impl MatrixArgs {
             ssh_command: self.ssh_command.split_whitespace().map(String::from).collect(),
             remote_ringbench: self.remote_ringbench,
             server_bind: self.server_bind,
+            workloads: if self.workloads.is_empty() { vec![Workload::Rr] } else { self.workloads },
+            window: self.window,
             fresh_servers: self.fresh_servers,
             slice_s: self.slice_s.or(q.then_some(0.1)),
             precision: self.precision.unwrap_or(DEFAULT_PRECISION),
@@ -283,4 +295,35 @@ impl MatrixArgs {
             aa: self.aa,
         })
     }
+}
+
+/// Workloads that cannot run as asked are refused before anything starts.
+fn check_workloads(
+    workloads: &[Workload],
+    rates: &[u64],
+    engine: EngineArg,
+    connections: &[u64],
+) -> Result<(), UsageError> {
+    for w in workloads {
+        if *w == Workload::Stream && !rates.is_empty() {
+            return Err(UsageError("--workloads stream keeps its window full: it takes no --rates".into()));
+        }
+        if let (EngineArg::Threads, Some(why)) = (engine, w.refused_by_threads_engine()) {
+            return Err(UsageError(why.replace("--workload ", "--workloads ")));
+        }
+        if w.idle() > 0 {
+            let (_, hard) = ringbench_backends::sys::nofile_limit().unwrap_or((0, u64::MAX));
+            let most = connections.iter().copied().max().unwrap_or(4000);
+            let needed = w.idle() as u64 + most + SPARE_FDS;
+            if needed > hard {
+                return Err(UsageError(format!(
+                    "--workloads {}: {} idle and {most} active connections need about {needed} open files, past \
+                     this machine's limit of {hard} (a server and a client each hold one per connection)",
+                    w.name(),
+                    w.idle()
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -217,6 +217,16 @@ struct ClientArgs {
     /// PREFIX.corrected.hgrm and PREFIX.service.hgrm.
     #[arg(long, value_name = "PREFIX")]
     spectrum: Option<PathBuf>,
+    /// What each connection does: rr (one request in flight, the seed's), crr (a new
+    /// connection per request), pipeline:D (D requests in flight), stream (--window bytes
+    /// in flight, written --size at a time), idle:K (K more connections opened first and
+    /// left idle, each echoing once at the end).
+    #[arg(long, default_value = "rr", value_parser = crate::workload::Workload::parse)]
+    workload: crate::workload::Workload,
+    /// stream: bytes in flight on every connection.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::workload::DEFAULT_WINDOW_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..=1_073_741_824))]
+    window: u64,
     /// The first connection number (set by a parent running this as a shard).
     #[arg(long, hide = true, default_value_t = 0)]
     first_thread: usize,
@@ -274,7 +284,7 @@ pub struct ClientOptions {
 
 /// The client engines, as the command line names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum EngineArg {
+pub(super) enum EngineArg {
     Threads,
     Epoll,
 }
@@ -366,6 +376,8 @@ impl ClientArgs {
             EngineArg::Epoll => client::Engine::Epoll,
         };
         cfg.threads = self.threads.unwrap_or(0) as usize;
+        cfg.workload = self.workload;
+        cfg.window = self.window;
         if let (Some(rate_rps), Some(duration)) = (self.rate, self.duration) {
             cfg.open = Some(client::OpenLoop { rate_rps, duration, warmup: self.warmup.unwrap_or_default() });
         }

@@ -18,6 +18,7 @@ use super::load::{ConnLoad, Next, Stop};
 use super::payload::{fill_payload, first_difference, mismatch};
 use super::session::{Board, Connected, SliceOut, Tally};
 use super::{check_limits, ClientConfig, ClientError, ConnOutcome};
+use crate::workload::Workload;
 
 /// Messages larger than this are sent and received at the same time (poll loop): written
 /// whole before reading, they could fill both directions' socket buffers and deadlock
@@ -41,16 +42,25 @@ type Sample = (u64, Option<(u64, u64)>);
 struct Batch<'a> {
     shard: &'a Mutex<RunLatency>,
     samples: Vec<Sample>,
+    /// crr: each connection's connect, in ns.
+    connects: Vec<u64>,
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
+    fn new(shard: &'a Mutex<RunLatency>) -> Batch<'a> {
+        Batch { shard, samples: Vec::with_capacity(BATCH), connects: Vec::new() }
+    }
+
     fn flush(&mut self) {
-        if self.samples.is_empty() {
+        if self.samples.is_empty() && self.connects.is_empty() {
             return;
         }
         let mut run = self.shard.lock().unwrap_or_else(|p| p.into_inner());
         for (service, open) in self.samples.drain(..) {
             run.record(service, open);
+        }
+        for ns in self.connects.drain(..) {
+            run.record_connect(ns);
         }
     }
 }
@@ -71,6 +81,9 @@ pub struct Connections {
     threads: Vec<(usize, JoinHandle<Tally>)>,
     /// Connections whose thread could not be started.
     unstarted: Vec<Tally>,
+    /// The idle crowd (`idle:K`): connected by this thread, no thread of their own (they
+    /// do nothing until their one echo at the end).
+    idle: Vec<(Tally, Option<TcpStream>)>,
 }
 
 impl Connections {
@@ -100,7 +113,9 @@ impl Connections {
             }
         }
         board.wait_connected(threads.len());
-        Ok(Connections { cfg: cfg.clone(), board, threads, unstarted })
+        let first_idle = crate::workload::IDLE_FIRST_THREAD + cfg.first_thread;
+        let idle = (0..cfg.workload.idle()).map(|i| connect_idle(cfg, first_idle + i)).collect();
+        Ok(Connections { cfg: cfg.clone(), board, threads, unstarted, idle })
     }
 }
 
@@ -121,6 +136,7 @@ impl Connected for Connections {
     fn close(self: Box<Self>) -> Vec<Tally> {
         self.board.quit();
         let mut tallies = self.unstarted;
+        tallies.extend(echo_idle(&self.cfg, self.idle));
         for (thread, h) in self.threads {
             tallies.push(h.join().unwrap_or_else(|_| {
                 let mut t = Tally::new(thread);
@@ -156,17 +172,24 @@ pub fn connect(cfg: &ClientConfig, source: Option<IpAddr>) -> io::Result<TcpStre
 fn connection_thread(cfg: &ClientConfig, i: usize, board: &Board<Shards, ConnOutcome>) -> Tally {
     let thread = cfg.first_thread + i;
     let mut tally = Tally::new(thread);
-    let c0 = Instant::now();
-    let connected = connect(cfg, cfg.source_for(thread));
-    tally.connect_s = c0.elapsed().as_secs_f64();
-    let mut stream = match connected {
-        Ok(s) => {
-            tally.connected = true;
-            Some(s)
-        }
-        Err(e) => {
-            tally.error = Some(format!("connect to {}: {}", cfg.server, describe(&e, cfg.timeout)));
-            None
+    let crr = cfg.workload == Workload::Crr;
+    // A crr slot keeps no connection: each of its requests opens its own, in the slices.
+    let mut stream = if crr {
+        tally.connected = true;
+        None
+    } else {
+        let c0 = Instant::now();
+        let connected = connect(cfg, cfg.source_for(thread));
+        tally.connect_s = c0.elapsed().as_secs_f64();
+        match connected {
+            Ok(s) => {
+                tally.connected = true;
+                Some(s)
+            }
+            Err(e) => {
+                tally.error = Some(format!("connect to {}: {}", cfg.server, describe(&e, cfg.timeout)));
+                None
+            }
         }
     };
     // Every thread says so, connected or not, so the main thread can count them.
@@ -176,21 +199,93 @@ fn connection_thread(cfg: &ClientConfig, i: usize, board: &Board<Shards, ConnOut
         let t0 = run.gate.arrive_and_wait();
         let slice_cfg = cfg.with_stop(run.stop);
         let outcome = match stream.as_mut().filter(|_| tally.usable()) {
-            Some(s) => {
+            _ if !tally.usable() => tally.absent(&slice_cfg),
+            s if s.is_some() || crr => {
                 let mut load = ConnLoad::new(&slice_cfg, run.stop, thread, i, cfg.connections, t0);
-                let mut batch = Batch { shard: &run.shared.0[i % SHARDS], samples: Vec::with_capacity(BATCH) };
-                if let Err(e) = requests(cfg, s, &mut load, &mut batch) {
+                let mut batch = Batch::new(&run.shared.0[i % SHARDS]);
+                let done = match s {
+                    Some(s) => requests(cfg, s, &mut load, &mut batch),
+                    None => crr_requests(cfg, &mut load, &mut batch),
+                };
+                if let Err(e) = done {
                     load.failed(e);
                 }
                 batch.flush();
                 tally.add(&load);
                 ConnOutcome::of(&slice_cfg, &load, tally.connect_s)
             }
-            None => tally.absent(&slice_cfg),
+            _ => tally.absent(&slice_cfg),
         };
         run.deliver(outcome);
     }
     tally
+}
+
+/// crr: every request the load asks for on a connection of its own — connect (timed),
+/// send, read and verify the echo, close.
+fn crr_requests(cfg: &ClientConfig, load: &mut ConnLoad, batch: &mut Batch<'_>) -> Result<(), String> {
+    let mut sent = vec![0u8; cfg.size];
+    let mut got = vec![0u8; cfg.size];
+    let mut next = load.first();
+    while let Next::Send { k, at } = next {
+        if let Some(wait) = at.and_then(|at| at.checked_duration_since(Instant::now())) {
+            std::thread::sleep(wait);
+        }
+        let c0 = Instant::now();
+        let mut stream = connect(cfg, cfg.source_for(load.thread))
+            .map_err(|e| format!("request {k}: connect to {}: {}", cfg.server, describe(&e, cfg.timeout)))?;
+        batch.connects.push(c0.elapsed().as_nanos() as u64);
+        fill_payload(&mut sent, load.thread, k);
+        let t = Instant::now();
+        load.sent(k, t);
+        exchange_blocking(&mut stream, &sent, &mut got, cfg.timeout).map_err(|e| format!("request {k}: {e}"))?;
+        if let Some(at) = first_difference(&sent, &got) {
+            return Err(mismatch(k, &sent, &got, at));
+        }
+        load.verified(batch, k, t, Instant::now());
+        // Closed here, before the next request opens its own.
+        drop(stream);
+        next = load.next_after(Some(k));
+    }
+    Ok(())
+}
+
+/// Connects one connection of the idle crowd (numbered `thread`); a failure is its row.
+fn connect_idle(cfg: &ClientConfig, thread: usize) -> (Tally, Option<TcpStream>) {
+    let mut tally = Tally::new(thread);
+    let c0 = Instant::now();
+    let stream = match connect(cfg, cfg.source_for(thread)) {
+        Ok(s) => {
+            tally.connected = true;
+            Some(s)
+        }
+        Err(e) => {
+            tally.error = Some(format!("idle connection: connect to {}: {}", cfg.server, describe(&e, cfg.timeout)));
+            None
+        }
+    };
+    tally.connect_s = c0.elapsed().as_secs_f64();
+    (tally, stream)
+}
+
+/// After the last slice: every idle connection sends one request and verifies its echo
+/// (one after another: they are idle, not a load), so one the server dropped is a failure.
+fn echo_idle(cfg: &ClientConfig, idle: Vec<(Tally, Option<TcpStream>)>) -> Vec<Tally> {
+    let one = ClientConfig { requests: 1, ..cfg.with_stop(Stop::Rounds { min_run: None }) };
+    let shard = Mutex::new(RunLatency::default());
+    idle.into_iter()
+        .map(|(mut tally, stream)| {
+            if let (Some(mut s), true) = (stream, tally.usable()) {
+                let mut load = ConnLoad::new(&one, Stop::Rounds { min_run: None }, tally.thread, 0, 1, Instant::now());
+                let mut batch = Batch::new(&shard);
+                if let Err(e) = requests(&one, &mut s, &mut load, &mut batch) {
+                    load.failed(format!("idle connection: {e}"));
+                }
+                tally.add(&load);
+            }
+            tally
+        })
+        .collect()
 }
 
 /// Sends every request the load asks for, each at its time, and verifies its echo.

@@ -102,11 +102,18 @@ pub struct RunLatency {
     pub service: Histogram<u64>,
     pub corrected: Histogram<u64>,
     pub lateness: Histogram<u64>,
+    /// crr: each connection's connect, from the connect call to the connection made.
+    pub connect: Histogram<u64>,
 }
 
 impl Default for RunLatency {
     fn default() -> Self {
-        RunLatency { service: run_histogram(), corrected: run_histogram(), lateness: run_histogram() }
+        RunLatency {
+            service: run_histogram(),
+            corrected: run_histogram(),
+            lateness: run_histogram(),
+            connect: run_histogram(),
+        }
     }
 }
 
@@ -137,6 +144,12 @@ impl RunLatency {
         let _ = self.service.add(&o.service);
         let _ = self.corrected.add(&o.corrected);
         let _ = self.lateness.add(&o.lateness);
+        let _ = self.connect.add(&o.connect);
+    }
+
+    /// One connect of a crr run took `ns`.
+    pub fn record_connect(&mut self, ns: u64) {
+        let _ = self.connect.record(ns.max(1));
     }
 }
 

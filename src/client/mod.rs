@@ -39,6 +39,7 @@ use ringbench_backends::sys;
 
 use crate::results::{ClientSummary, ThreadRow};
 
+pub use crate::workload::{self as workload, Workload};
 pub use latency::Progress;
 pub use load::{OpenLoop, Stop};
 pub use payload::fill_payload;
@@ -98,6 +99,10 @@ pub struct ClientConfig {
     pub progress: Option<Arc<Progress>>,
     /// Where to say when the measured phase starts and ends.
     pub phases: Phases,
+    /// What each connection does.
+    pub workload: Workload,
+    /// `stream`: bytes in flight on every connection.
+    pub window: u64,
 }
 
 /// Marks of the measured phase — `start` when the start gate opens, `end` when the last
@@ -175,6 +180,8 @@ impl ClientConfig {
             interval: None,
             progress: None,
             phases: Phases::default(),
+            workload: Workload::Rr,
+            window: workload::DEFAULT_WINDOW_BYTES,
         }
     }
 
@@ -252,6 +259,8 @@ pub enum ClientError {
     )]
     TooManyThreads { connections: usize, per_process: usize, max_threads: usize, max_map_count: usize, suggest: usize },
     #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
     Io(#[from] io::Error),
 }
 
@@ -272,11 +281,19 @@ fn max_map_count() -> usize {
     std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(65_530)
 }
 
-/// Checks the run fits this process's limits, raising the open-file soft limit first.
+/// Checks the run fits this process's limits, raising the open-file soft limit first, and
+/// that its engine can run its workload.
 pub fn check_limits(cfg: &ClientConfig) -> Result<(), ClientError> {
+    if let (Engine::Threads, Some(why)) = (cfg.engine, cfg.workload.refused_by_threads_engine()) {
+        return Err(ClientError::Refused(why));
+    }
+    if cfg.workload == Workload::Stream && cfg.open.is_some() {
+        return Err(ClientError::Refused("--workload stream keeps its window full: it takes no --rate".into()));
+    }
     let (soft, hard) = sys::raise_nofile_limit()?;
     let per_process = cfg.connections.div_ceil(cfg.processes.max(1));
-    let needed = per_process as u64 + SPARE_FDS;
+    // The idle crowd is held by the process beside its share of the active connections.
+    let needed = (per_process + cfg.workload.idle()) as u64 + SPARE_FDS;
     if needed > soft {
         return Err(ClientError::TooManyFiles { connections: cfg.connections, needed, hard: hard.max(soft) });
     }
@@ -295,8 +312,9 @@ pub fn check_limits(cfg: &ClientConfig) -> Result<(), ClientError> {
     if cfg.server.ip().is_loopback() || cfg.server.ip().is_unspecified() {
         let ports = ephemeral_ports();
         let sources = cfg.source_ips.len().max(1);
-        if cfg.connections as u64 > ports * sources as u64 {
-            return Err(ClientError::TooFewPorts { connections: cfg.connections, ports, sources });
+        let open = cfg.connections + cfg.workload.idle();
+        if open as u64 > ports * sources as u64 {
+            return Err(ClientError::TooFewPorts { connections: open, ports, sources });
         }
     }
     Ok(())
@@ -342,11 +360,13 @@ pub fn run_here(cfg: &ClientConfig, before_start: impl FnOnce()) -> Result<Clien
         }
         let mut before_start = Some(before_start);
         let r = session::Session::connect(cfg).and_then(|mut s| {
-            s.slice(cfg.stop(), || {
+            let run = s.slice(cfg.stop(), || {
                 if let Some(f) = before_start.take() {
                     f()
                 }
-            })
+            })?;
+            // The idle crowd echoes as the session closes: its rows join the run's.
+            Ok(session::with_idle(run, s.close()))
         });
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         r

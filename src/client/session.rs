@@ -290,9 +290,37 @@ impl Session {
         let outcomes = tallies.iter().map(|t| t.outcome(&self.cfg)).collect();
         let first = self.first.unwrap_or_default();
         let window = Window::spanning(first, self.last, self.client_cpu_s);
-        let cfg = ClientConfig { min_run: None, open: None, ..self.cfg.clone() };
-        summarise(&cfg, outcomes, self.wall_s, window, std::mem::take(&mut self.run))
+        // Every connection has its row here, the idle crowd's too.
+        let connections = self.cfg.connections + self.cfg.workload.idle();
+        let cfg = ClientConfig { min_run: None, open: None, connections, ..self.cfg.clone() };
+        let idle: Vec<&Tally> = tallies.iter().filter(|t| t.thread >= crate::workload::IDLE_FIRST_THREAD).collect();
+        let mut report = summarise(&cfg, outcomes, self.wall_s, window, std::mem::take(&mut self.run));
+        report.summary.idle_connections = idle.len();
+        report.summary.idle_echoed = idle.iter().filter(|t| t.error.is_none() && t.requests > 0).count();
+        report
     }
+}
+
+/// A one-shot run's report with the idle crowd's rows (from the closing report) added: a
+/// dropped idle connection is an error of the run.
+pub fn with_idle(mut run: ClientReport, closed: ClientReport) -> ClientReport {
+    let idle: Vec<ThreadRow> =
+        closed.rows.into_iter().filter(|r| r.thread >= crate::workload::IDLE_FIRST_THREAD).collect();
+    if idle.is_empty() {
+        return run;
+    }
+    let s = &mut run.summary;
+    // Each idle connection's one request is the run's too.
+    s.errors += idle.iter().map(|r| r.errors).sum::<u64>();
+    s.requests += idle.iter().map(|r| r.requests).sum::<u64>();
+    s.bytes += idle.iter().map(|r| r.bytes).sum::<u64>();
+    s.requests_expected += idle.len() as u64;
+    if s.first_error.is_none() {
+        s.first_error = idle.iter().find(|r| r.errors > 0).map(|r| r.error.clone());
+    }
+    (s.idle_connections, s.idle_echoed) = (closed.summary.idle_connections, closed.summary.idle_echoed);
+    run.rows.extend(idle);
+    run
 }
 
 impl Drop for Session {

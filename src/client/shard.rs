@@ -55,6 +55,7 @@ pub fn shard_args(cfg: &ClientConfig, connections: usize, first: usize) -> Vec<S
         a.extend(["--min-run-s".into(), d.as_secs_f64().to_string()]);
     }
     a.extend(["--engine".into(), cfg.engine.name().into()]);
+    a.extend(["--workload".into(), cfg.workload.name(), "--window".into(), cfg.window.to_string()]);
     if cfg.threads > 0 {
         a.extend(["--threads".into(), cfg.threads.to_string()]);
     }
@@ -289,8 +290,15 @@ pub fn run(cfg: &ClientConfig) -> Result<ClientReport, ClientError> {
     let mut first = cfg.first_thread;
     for i in 0..n {
         let share = cfg.connections / n + usize::from(i < cfg.connections % n);
+        let mut args = shard_args(cfg, share, first);
+        if i > 0 && cfg.workload.idle() > 0 {
+            // The idle crowd is held once, by the first process.
+            if let Some(w) = args.iter().position(|a| a == "--workload") {
+                args[w + 1] = "rr".into();
+            }
+        }
         let mut cmd = Command::new(&exe);
-        cmd.args(shard_args(cfg, share, first)).stderr(Stdio::inherit());
+        cmd.args(args).stderr(Stdio::inherit());
         crate::guard::dies_with_us(&mut cmd);
         shards.push(Shard::spawn(cmd, first, share)?);
         first += share;

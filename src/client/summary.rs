@@ -59,12 +59,15 @@ pub fn merge(cfg: &ClientConfig, parts: Vec<ClientReport>, window: Window) -> Cl
     let mut rows = Vec::new();
     let mut wall_s = 0.0f64;
     let mut t = Totals::default();
+    let idle: (usize, usize) =
+        parts.iter().fold((0, 0), |(n, ok), p| (n + p.summary.idle_connections, ok + p.summary.idle_echoed));
     for p in parts {
         let s = &p.summary;
         add(&mut run.service, &s.latency_histogram);
         // A closed loop's corrected latency is its service time (kept once).
         let corrected = if s.corrected_histogram.is_empty() { &s.latency_histogram } else { &s.corrected_histogram };
         add(&mut run.corrected, corrected);
+        add(&mut run.connect, &s.connect_histogram);
         add(&mut run.lateness, &s.lateness_histogram);
         wall_s = wall_s.max(s.wall_s);
         t.connected += s.connections_ok;
@@ -77,7 +80,9 @@ pub fn merge(cfg: &ClientConfig, parts: Vec<ClientReport>, window: Window) -> Cl
         rows.extend(p.rows);
     }
     rows.sort_by_key(|r| r.thread);
-    report(cfg, rows, run, wall_s, t, window)
+    let mut merged = report(cfg, rows, run, wall_s, t, window);
+    (merged.summary.idle_connections, merged.summary.idle_echoed) = idle;
+    merged
 }
 
 fn add(into: &mut Histogram<u64>, encoded: &str) {
@@ -154,6 +159,11 @@ fn report(
         measured_start_unix_us: window.start_unix_us,
         measured_end_unix_us: window.end_unix_us,
         first_error: rows.iter().find(|r| r.errors > 0).map(|r| r.error.clone()),
+        workload: cfg.workload.name(),
+        connect_histogram: if run.connect.is_empty() { String::new() } else { encode_histogram(&run.connect) },
+        connect: (!run.connect.is_empty()).then(|| Percentiles::of(&run.connect)),
+        idle_connections: 0,
+        idle_echoed: 0,
     };
     if let Some(o) = &cfg.open {
         let achieved = t.sent_in_window as f64 / o.duration.as_secs_f64();
@@ -187,5 +197,10 @@ fn rate_status(cfg: &ClientConfig, achieved: f64, target: f64, cpu_s: f64, wall_
 
 /// An empty run histogram set (for a part that reported nothing).
 pub fn no_latency() -> RunLatency {
-    RunLatency { service: run_histogram(), corrected: run_histogram(), lateness: run_histogram() }
+    RunLatency {
+        service: run_histogram(),
+        corrected: run_histogram(),
+        lateness: run_histogram(),
+        connect: run_histogram(),
+    }
 }

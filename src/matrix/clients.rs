@@ -114,7 +114,7 @@ pub fn spawn(
         let share = connections / n + usize::from(i < connections % n);
         // One local host is this machine's client, named as a single client is.
         let label = if n == 1 && *host == HostSpec::Local { h.cfg.label.clone() } else { host.label() };
-        let mut args = workload.to_vec();
+        let mut args = split_idle(workload, i, n);
         args.extend(["--connections".into(), share.to_string(), "--label".into(), label.clone()]);
         args.extend(["--first-thread".into(), first.to_string(), "--shard-child".into()]);
         if let Some(r) = rate {
@@ -196,4 +196,16 @@ pub fn run(
 fn write_host(report: &ClientReport, json: &str, csv: &str) -> anyhow::Result<()> {
     files::write_json(std::path::Path::new(json), &report.summary)?;
     write_rows_csv(std::path::Path::new(csv), &report.rows)
+}
+
+/// The workload arguments for host `i` of `n`: an idle crowd (`idle:K`) is split over the
+/// hosts like the connections, everything else is the same for all.
+fn split_idle(workload: &[String], i: usize, n: usize) -> Vec<String> {
+    let mut args = workload.to_vec();
+    if let Some(pos) = args.iter().position(|a| a == "--workload") {
+        if let Some(k) = args.get(pos + 1).and_then(|w| w.strip_prefix("idle:")).and_then(|k| k.parse::<usize>().ok()) {
+            args[pos + 1] = format!("idle:{}", k / n + usize::from(i < k % n));
+        }
+    }
+    args
 }

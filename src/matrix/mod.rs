@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::hosts::{HostSpec, Network};
 use crate::report;
-use crate::results::{Pass, RunKey};
+use crate::results::{Pass, Place, RunKey};
 
 /// An external server in the sweep: `NAME='COMMAND ... {port}'`.
 #[derive(Clone, Debug, Serialize)]
@@ -67,6 +67,10 @@ pub struct MatrixConfig {
     pub baseline: Option<String>,
     /// Open-loop rates to sweep at each connection count (empty: closed loop).
     pub rates: Vec<u64>,
+    /// Workloads to sweep (`rr`, the seed's, by default).
+    pub workloads: Vec<crate::workload::Workload>,
+    /// `stream`: bytes in flight on every connection.
+    pub window: u64,
     /// The client engine (`threads` or `epoll`).
     pub engine: String,
     /// Each run's measured window (open loop), or how long a closed loop runs.
@@ -232,35 +236,38 @@ pub struct Planned {
     pub contender: Contender,
 }
 
-/// Every run, in the order they run: per size and connection count, the repeats, each
-/// with every server in turn; then, where perf can count syscalls, one syscall run per
-/// external target.
-fn plan(cfg: &MatrixConfig, contenders: &[Contender], perf: bool) -> Vec<Planned> {
+/// Every place of the sweep, in sweep order: sizes, then workloads, then connections,
+/// then rates.
+pub fn places(cfg: &MatrixConfig) -> Vec<Place> {
     let rates: Vec<Option<u64>> =
         if cfg.rates.is_empty() { vec![None] } else { cfg.rates.iter().map(|&r| Some(r)).collect() };
-    // Every (size, connections, rate) point, in sweep order.
-    let cells = cfg.sizes.iter().flat_map(|&size| {
-        let rates = &rates;
-        cfg.connections.iter().flat_map(move |&conns| rates.iter().map(move |&rate| (size, conns, rate)))
-    });
+    let mut out = Vec::new();
+    for &size_bytes in &cfg.sizes {
+        for &workload in &cfg.workloads {
+            for &connections in &cfg.connections {
+                for &rate in &rates {
+                    out.push(Place { workload, connections, size_bytes, rate });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every run of fresh servers, in the order they run: per place, the repeats, each with
+/// every server in turn; then, where perf can count syscalls, one syscall run per
+/// external target.
+fn plan(cfg: &MatrixConfig, contenders: &[Contender], perf: bool) -> Vec<Planned> {
     let mut plan = Vec::new();
-    for (size, conns, rate) in cells {
-        let key = |c: &Contender, repeat, pass| RunKey {
-            backend: c.name().to_string(),
-            connections: conns,
-            size_bytes: size,
-            rate,
-            repeat,
-            pass,
-        };
+    for place in places(cfg) {
         // Interleaved: each repeat runs every contender before the next repeat starts.
         for repeat in 1..=cfg.repeats {
             for c in contenders {
-                plan.push(Planned { key: key(c, repeat, Pass::Measure), contender: c.clone() });
+                plan.push(Planned { key: place.key(c.name(), repeat, Pass::Measure), contender: c.clone() });
             }
         }
         for c in contenders.iter().filter(|c| perf && !c.is_backend()) {
-            plan.push(Planned { key: key(c, 1, Pass::Syscalls), contender: c.clone() });
+            plan.push(Planned { key: place.key(c.name(), 1, Pass::Syscalls), contender: c.clone() });
         }
     }
     plan

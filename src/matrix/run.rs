@@ -234,6 +234,10 @@ pub(super) fn workload_args(cfg: &MatrixConfig, key: &RunKey, server: SocketAddr
         cfg.timeout_s.to_string(),
         "--engine".into(),
         cfg.engine.clone(),
+        "--workload".into(),
+        key.workload.name(),
+        "--window".into(),
+        cfg.window.to_string(),
     ];
     match (key.rate, cfg.duration_s) {
         (Some(_), Some(_)) => {} // the rate and its window are each client's share

@@ -105,6 +105,7 @@ fn overall(points: &[Point], slices: &BTreeMap<Place, SliceLog>, base: &str) -> 
         }
     }
     cols.extend(PAIRED_COLUMNS.iter().map(|s| s.to_string()));
+    cols.push("workload".into());
     let rows = points
         .iter()
         .map(|p| {
@@ -163,6 +164,7 @@ fn overall(points: &[Point], slices: &BTreeMap<Place, SliceLog>, base: &str) -> 
                 here.map_or(Cell::NotApplicable, |s| Cell::Text(s.stopped.clone())),
                 here.map_or(Cell::NotApplicable, |_| Cell::Int(p.rounds_left_out as u64)),
                 here.map_or(Cell::NotApplicable, |s| Cell::Int(s.regime_rounds as u64)),
+                Cell::Text(p.workload.name()),
             ]);
             row
         })

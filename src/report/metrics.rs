@@ -97,6 +97,8 @@ pub struct RunView<'a> {
     pub proc: Option<&'a ServerProcRecord>,
     /// Requests completed and verified, over every host.
     pub requests: u64,
+    /// crr: every host's connects, merged.
+    pub connect: Option<Histogram<u64>>,
 }
 
 impl RunView<'_> {
@@ -147,6 +149,22 @@ impl RunView<'_> {
         (self.requests > 0).then_some(x? / self.requests as f64)
     }
 
+    /// Whether every host ran `workload`.
+    fn ran(&self, workload: &str) -> bool {
+        !self.summaries.is_empty() && self.summaries.iter().all(|s| s.workload == workload)
+    }
+
+    /// Mebibytes echoed and verified, over every host.
+    fn mib(&self) -> f64 {
+        self.summaries.iter().map(|s| s.bytes).sum::<u64>() as f64 / MIB
+    }
+
+    /// A crr connect percentile in µs (`q` = 1: the max).
+    fn connect_us(&self, q: f64) -> Option<f64> {
+        let h = self.connect.as_ref().filter(|h| !h.is_empty())?;
+        Some(if q >= 1.0 { h.max() } else { h.value_at_quantile(q) } as f64 / 1e3)
+    }
+
     /// The server's CPU over the measured phase, sampled by the sweep the same way for
     /// every server; for sweeps that did not sample it, the backend's own figure.
     fn server_cpu_s(&self) -> Option<f64> {
@@ -165,6 +183,9 @@ impl RunView<'_> {
         }
     }
 }
+
+/// Bytes in a mebibyte.
+const MIB: f64 = 1024.0 * 1024.0;
 
 pub const METRICS: &[Metric] = &[
     Metric {
@@ -361,6 +382,62 @@ pub const METRICS: &[Metric] = &[
     detail("client_cpu_us_per_request", "Client CPU per request", "client CPU per request", Better::Lower, 3, |r| {
         r.per_request(Some(r.summaries.iter().map(|s| s.client_cpu_s).sum::<f64>() * 1e6))
     }),
+    Metric {
+        key: "throughput_mib_s",
+        title: "stream: verified MiB per second",
+        what: "stream throughput",
+        better: Better::Higher,
+        digits: 2,
+        headline: false,
+        table: Some(("MiB/s", 1)),
+        chart: Some(ChartSpec { file: "throughput_mib", axis: "MiB per second, echoed and verified", scale: 1.0 }),
+        ratio_chart: true,
+        syscall_run: false,
+        // Each host's bytes over its own measured phase, added like its req/s.
+        of: |r| {
+            r.ran("stream")
+                .then(|| r.summaries.iter().filter(|s| s.wall_s > 0.0).map(|s| s.bytes as f64 / MIB / s.wall_s).sum())
+        },
+    },
+    Metric {
+        key: "server_cpu_us_per_mib",
+        title: "stream: server CPU per MiB",
+        what: "CPU per MiB",
+        better: Better::Lower,
+        digits: 2,
+        headline: false,
+        table: Some(("CPU µs/MiB", 0)),
+        chart: Some(ChartSpec { file: "cpu_per_mib", axis: "µs of CPU (user + sys) per MiB echoed", scale: 1.0 }),
+        ratio_chart: true,
+        syscall_run: false,
+        of: |r| (r.ran("stream") && r.mib() > 0.0).then(|| r.server_cpu_s().map(|c| c * 1e6 / r.mib())).flatten(),
+    },
+    Metric {
+        key: "connect_p50_us",
+        title: "crr: median connect",
+        what: "median connect time",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: Some(("connect p50 µs", 0)),
+        chart: None,
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.connect_us(0.50),
+    },
+    Metric {
+        key: "connect_p99_us",
+        title: "crr: p99 connect",
+        what: "p99 connect time",
+        better: Better::Lower,
+        digits: 1,
+        headline: false,
+        table: Some(("connect p99 µs", 0)),
+        chart: Some(ChartSpec { file: "connect_p99", axis: "milliseconds from connect() to connected", scale: 1e-3 }),
+        ratio_chart: false,
+        syscall_run: false,
+        of: |r| r.connect_us(0.99),
+    },
 ];
 
 /// The metric with column `key`.

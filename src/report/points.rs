@@ -11,6 +11,7 @@ use super::per_host::{self, HostFigures, HostPoint};
 pub use super::stats::Spread;
 use super::stats::{ratio_by, Pairing, Ratio};
 use crate::results::{decode_histogram, ClientSummary, Pass, Place, RunKey, SliceLog, ThreadRow};
+use crate::workload::Workload;
 
 /// The figures of one run, over all its client hosts.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -44,6 +45,13 @@ fn merged(summaries: &[&ClientSummary], pick: fn(&ClientSummary) -> &str) -> Opt
     (!summaries.is_empty()).then_some(merged)
 }
 
+/// Like [`merged`], for a histogram only some runs have (crr's connects): `None` when no
+/// host has it.
+fn merged_nonempty(summaries: &[&ClientSummary], pick: fn(&ClientSummary) -> &str) -> Option<Histogram<u64>> {
+    let with: Vec<&ClientSummary> = summaries.iter().copied().filter(|s| !pick(s).is_empty()).collect();
+    merged(&with, pick)
+}
+
 /// The worst of the hosts' rate statuses: one host that fell behind is the run's verdict.
 fn worst_status<'a>(statuses: impl Iterator<Item = &'a str>) -> Option<String> {
     let rank = |s: &str| match s {
@@ -70,6 +78,7 @@ pub fn figures(key: &RunKey, run: &Run, slice: bool) -> RunFigures {
         (rows.iter().map(|r| r.requests).sum(), rows.iter().map(|r| r.errors).sum())
     };
     let open = summaries.iter().any(|s| s.target_rate_rps.is_some());
+    let connect = merged_nonempty(&summaries, |s| &s.connect_histogram);
     let view = RunView {
         latency: merged(&summaries, |s| &s.latency_histogram),
         corrected: if open { merged(&summaries, |s| &s.corrected_histogram) } else { None },
@@ -79,6 +88,7 @@ pub fn figures(key: &RunKey, run: &Run, slice: bool) -> RunFigures {
         server: run.server.as_ref(),
         proc: run.proc.as_ref(),
         requests,
+        connect,
     };
     let mut f = RunFigures {
         connections: if view.summaries.is_empty() {
@@ -178,6 +188,17 @@ fn session_problems(name: &str, run: &Run, log: Option<&SliceLog>) -> Vec<String
     }
     let prefix = format!("{name}: ");
     p.extend(log.iter().flat_map(|l| l.failures.iter()).filter_map(|f| f.strip_prefix(&prefix)).map(String::from));
+    // The idle crowd echoes once as the session closes: one that did not was dropped.
+    for s in run.clients.iter().filter_map(|c| c.summary.as_ref()) {
+        if s.idle_echoed < s.idle_connections {
+            let first = s.first_error.as_deref().map_or(String::new(), |e| format!(" (first: {e})"));
+            p.push(format!(
+                "{} of {} idle connections did not echo at the end{first}",
+                s.idle_connections - s.idle_echoed,
+                s.idle_connections
+            ));
+        }
+    }
     p
 }
 
@@ -185,6 +206,8 @@ fn session_problems(name: &str, run: &Run, log: Option<&SliceLog>) -> Vec<String
 #[derive(Clone, Debug, PartialEq)]
 pub struct Point {
     pub backend: String,
+    /// What each connection did.
+    pub workload: Workload,
     pub connections: usize,
     pub size_bytes: usize,
     /// The open-loop rate offered (`None`: a closed loop).
@@ -211,13 +234,13 @@ pub struct Point {
 impl Point {
     /// Where it is in the sweep.
     pub fn place(&self) -> Place {
-        Place { connections: self.connections, size_bytes: self.size_bytes, rate: self.rate }
+        Place { workload: self.workload, connections: self.connections, size_bytes: self.size_bytes, rate: self.rate }
     }
 
     /// Whether `o` is at the same place in the sweep (connections, size, rate), so the
     /// two compare.
     pub fn same_place(&self, o: &Point) -> bool {
-        self.connections == o.connections && self.size_bytes == o.size_bytes && self.rate == o.rate
+        self.place() == o.place()
     }
 
     /// The point held its open-loop rate (a closed loop always "holds").
@@ -232,7 +255,7 @@ impl Point {
 }
 
 /// A point's identity in sort order: backend rank and name, size, connections, rate.
-type PointKey = (usize, String, usize, usize, Option<u64>);
+type PointKey = (usize, String, usize, Workload, usize, Option<u64>);
 
 /// Groups runs into points, in backend order of first appearance in `order` (then by
 /// name), then by size and connections. Points with a slice log are paired slices: their
@@ -241,7 +264,7 @@ pub fn points(runs: &BTreeMap<RunKey, Run>, slices: &BTreeMap<Place, SliceLog>, 
     let rank = |b: &str| order.iter().position(|x| x == b).unwrap_or(order.len());
     let mut groups: BTreeMap<PointKey, Group> = BTreeMap::new();
     for (key, run) in runs {
-        let g = (rank(&key.backend), key.backend.clone(), key.size_bytes, key.connections, key.rate);
+        let g = (rank(&key.backend), key.backend.clone(), key.size_bytes, key.workload, key.connections, key.rate);
         let log = slices.get(&key.place());
         let group = groups.entry(g).or_default();
         match (key.pass, log) {
@@ -252,13 +275,14 @@ pub fn points(runs: &BTreeMap<RunKey, Run>, slices: &BTreeMap<Place, SliceLog>, 
     }
     let mut out: Vec<Point> = groups
         .into_iter()
-        .map(|((_, backend, size_bytes, connections, rate), g)| {
+        .map(|((_, backend, size_bytes, workload, connections, rate), g)| {
             let figs = g.figs;
-            let place = Place { connections, size_bytes, rate };
+            let place = Place { workload, connections, size_bytes, rate };
             let mut problems = g.problems;
             problems.extend(figs.iter().flat_map(|(_, f)| f.problems.iter().cloned()));
             Point {
                 backend,
+                workload,
                 connections,
                 size_bytes,
                 rate,
@@ -284,8 +308,9 @@ pub fn points(runs: &BTreeMap<RunKey, Run>, slices: &BTreeMap<Place, SliceLog>, 
             }
         })
         .collect();
-    // Sizes, then connections, then rates, ascending; backends keep their order within each.
-    out.sort_by_key(|p| (p.size_bytes, p.connections, p.rate, rank(&p.backend)));
+    // Sizes, then workloads, connections and rates, ascending; backends keep their order
+    // within each.
+    out.sort_by_key(|p| (p.size_bytes, p.workload, p.connections, p.rate, rank(&p.backend)));
     out
 }
 

@@ -14,6 +14,7 @@ use super::points::{sizes, Point};
 use super::stats::Pairing;
 use crate::files;
 use crate::results::{Place, SliceLog};
+use crate::workload::Workload;
 
 /// How every ratio in the summary is computed, said once: for fresh servers, and for
 /// paired slices.
@@ -88,17 +89,40 @@ fn answer_section(md: &mut String, points: &[Point], order: &[String]) {
         (true, false) => HOW_TO_READ_SLICES.to_string(),
         _ => HOW_TO_READ_REPEATS.to_string(),
     };
-    let _ = writeln!(md, "{how} Lower is better for every column but req/s.\n");
-    let all: Vec<&Point> = points.iter().collect();
-    let cols: Vec<&Metric> = charted(&all).collect();
-    let heads: Vec<&str> = cols.iter().map(|m| m.table.map_or(m.key, |t| t.0)).collect();
+    let _ = writeln!(md, "{how} Lower is better for every column but req/s and MiB/s.\n");
     let place = PlaceColumns::of(points);
-    for server in order.iter().skip(1) {
-        let _ = writeln!(md, "### {server} ÷ {base}\n");
-        let _ = writeln!(md, "| {} | {} |", place.heads(), heads.join(" | "));
-        let _ = writeln!(md, "|{}{}", place.rule(), "---|".repeat(cols.len()));
+    // One table per server and workload: each workload has the columns it has figures of.
+    for workload in workloads(points) {
+        let here: Vec<&Point> = points.iter().filter(|p| p.workload == workload).collect();
+        let cols: Vec<&Metric> = charted(&here).collect();
+        let heads: Vec<&str> = cols.iter().map(|m| m.table.map_or(m.key, |t| t.0)).collect();
+        let named = if workload == Workload::Rr && here.len() == points.len() {
+            String::new()
+        } else {
+            format!(" — {}", workload.name())
+        };
+        for server in order.iter().skip(1) {
+            let _ = writeln!(md, "### {server} ÷ {base}{named}\n");
+            let _ = writeln!(md, "| {} | {} |", place.heads(), heads.join(" | "));
+            let _ = writeln!(md, "|{}{}", place.rule(), "---|".repeat(cols.len()));
+            answer_rows(md, points, &here, server, base, &place, &cols);
+        }
+    }
+}
+
+/// The rows of one server's answer table: each point's ratios, or `Fail` with a footnote.
+fn answer_rows(
+    md: &mut String,
+    points: &[Point],
+    here: &[&Point],
+    server: &str,
+    base: &str,
+    place: &PlaceColumns,
+    cols: &[&Metric],
+) {
+    {
         let mut footnotes = Vec::new();
-        for p in points.iter().filter(|p| &p.backend == server) {
+        for p in here.iter().filter(|p| p.backend == server) {
             let cells: Vec<String> = match failed_pair(points, p, base) {
                 Some(why) => {
                     footnotes.push(why);
@@ -118,40 +142,56 @@ fn answer_section(md: &mut String, points: &[Point], order: &[String]) {
     }
 }
 
+/// The workloads of a sweep, in sweep order.
+pub fn workloads(points: &[Point]) -> Vec<Workload> {
+    let mut w: Vec<Workload> = points.iter().map(|p| p.workload).collect();
+    w.sort_unstable();
+    w.dedup();
+    w
+}
+
 /// The columns that say where a point is: connections and size, and the offered rate
 /// with whether it held when the sweep has rates.
 struct PlaceColumns {
     open: bool,
+    /// Whether a workload other than rr ran (then every table names each point's).
+    workloads: bool,
 }
 
 impl PlaceColumns {
     fn of(points: &[Point]) -> PlaceColumns {
-        PlaceColumns { open: points.iter().any(|p| p.rate.is_some()) }
-    }
-
-    fn heads(&self) -> &'static str {
-        if self.open {
-            "conns | size B | offered req/s | rate"
-        } else {
-            "conns | size B"
+        PlaceColumns {
+            open: points.iter().any(|p| p.rate.is_some()),
+            workloads: points.iter().any(|p| p.workload != Workload::Rr),
         }
     }
 
-    fn rule(&self) -> &'static str {
+    fn heads(&self) -> String {
+        let w = if self.workloads { "workload | " } else { "" };
         if self.open {
-            "---:|---:|---:|---|"
+            format!("{w}conns | size B | offered req/s | rate")
         } else {
-            "---:|---:|"
+            format!("{w}conns | size B")
+        }
+    }
+
+    fn rule(&self) -> String {
+        let w = if self.workloads { "---|" } else { "" };
+        if self.open {
+            format!("{w}---:|---:|---:|---|")
+        } else {
+            format!("{w}---:|---:|")
         }
     }
 
     fn cells(&self, p: &Point) -> String {
+        let w = if self.workloads { format!("{} | ", p.workload.name()) } else { String::new() };
         match (self.open, p.rate) {
             (true, Some(r)) => {
-                format!("{} | {} | {r} | {}", p.connections, p.size_bytes, p.rate_status.as_deref().unwrap_or("n/a"))
+                format!("{w}{} | {} | {r} | {}", p.connections, p.size_bytes, p.rate_status.as_deref().unwrap_or("n/a"))
             }
-            (true, None) => format!("{} | {} | closed loop | —", p.connections, p.size_bytes),
-            (false, _) => format!("{} | {}", p.connections, p.size_bytes),
+            (true, None) => format!("{w}{} | {} | closed loop | —", p.connections, p.size_bytes),
+            (false, _) => format!("{w}{} | {}", p.connections, p.size_bytes),
         }
     }
 }

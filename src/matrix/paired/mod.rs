@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::progress::{human, Progress};
 use super::run::{self, Ctx};
-use super::{Contender, MatrixConfig, Planned};
+use super::{places, Contender, MatrixConfig, Planned};
 use crate::files;
 use crate::report::stats::median_ratio;
 use crate::results::{BlockRecord, Pass, Place, SliceLog};
@@ -72,28 +72,23 @@ pub fn run_all(ctx: &Ctx<'_>, contenders: &[Contender], perf: bool, pinning: &st
             let measured: Vec<Contender> = contenders.iter().filter(|c| !failed.contains(&c.name)).cloned().collect();
             syscall_runs(ctx, place, &measured, &progress);
         }
-        progress.done_one(&format!("{} connections, {} B{}: {line}", place.connections, place.size_bytes, rate(place)));
+        let workload = if place.workload == crate::workload::Workload::Rr {
+            String::new()
+        } else {
+            format!("{} · ", place.workload.name())
+        };
+        progress.done_one(&format!(
+            "{workload}{} connections, {} B{}: {line}",
+            place.connections,
+            place.size_bytes,
+            rate(place)
+        ));
     }
     ctx.interrupted.load(Ordering::Relaxed)
 }
 
 fn rate(p: &Place) -> String {
     p.rate.map_or(String::new(), |r| format!(", {r} req/s offered"))
-}
-
-/// Every place of the sweep, in sweep order: sizes, then connections, then rates.
-fn places(cfg: &MatrixConfig) -> Vec<Place> {
-    let rates: Vec<Option<u64>> =
-        if cfg.rates.is_empty() { vec![None] } else { cfg.rates.iter().map(|&r| Some(r)).collect() };
-    let mut out = Vec::new();
-    for &size_bytes in &cfg.sizes {
-        for &connections in &cfg.connections {
-            for &rate in &rates {
-                out.push(Place { connections, size_bytes, rate });
-            }
-        }
-    }
-    out
 }
 
 /// The most a point should take: starting and connecting, then its rounds' budget.
@@ -164,8 +159,12 @@ fn run_point(
             (None, Some(r)) => Limit::Exactly(r),
             (None, None) => Limit::Precision { blocks },
         };
-        let budget = cfg.budget_s * block as f64 / blocks as f64;
-        let outcome = rounds(ctx, place, &mut ups, &mut log, &mut figures, limit, t0, budget, progress);
+        // Each block's share of the budget, for its rounds alone (starting servers and
+        // connecting are not rounds). The first block stops on it; the others run as many
+        // rounds as the first, with twice their share as a guard against a slower block.
+        let share = cfg.budget_s / blocks as f64;
+        let budget = if block == 1 { share } else { 2.0 * share };
+        let outcome = rounds(ctx, place, &mut ups, &mut log, &mut figures, limit, budget, progress);
         if block == 1 {
             // Why the first block ended decides how many rounds every block runs.
             first_block_stop = match current_precision(&log, &figures) {
@@ -197,8 +196,8 @@ fn run_point(
     }
     files::write_json(&ctx.raw.join(format!("{}.slices.json", place.stem())), &log)?;
     let line = match precision {
-        Some(p) => format!("{} rounds in {:.0} s, ±{:.1} % ({})", log.rounds, log.elapsed_s, p * 100.0, log.stopped),
-        None => format!("{} rounds in {:.0} s ({})", log.rounds, log.elapsed_s, log.stopped),
+        Some(p) => format!("{} rounds, {:.0} s, ±{:.1} % ({})", log.rounds, log.elapsed_s, p * 100.0, log.stopped),
+        None => format!("{} rounds, {:.0} s ({})", log.rounds, log.elapsed_s, log.stopped),
     };
     let notes = if log.failures.is_empty() { String::new() } else { format!("; {}", log.failures.join("; ")) };
     Ok((format!("{line}{notes}"), failed))
@@ -260,12 +259,12 @@ fn rounds(
     log: &mut SliceLog,
     figures: &mut Figures,
     limit: Limit,
-    t0: Instant,
     budget_s: f64,
     progress: &Progress,
 ) -> anyhow::Result<()> {
     let cfg = ctx.cfg;
     let first = log.rounds + 1;
+    let t0 = Instant::now();
     let mut slowest_round_s = 0.0f64;
     for round in first.. {
         let done_here = round - first;

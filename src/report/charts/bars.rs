@@ -11,6 +11,8 @@ use super::{at, color, compact, frame, place_label, places, x_desc, Figure, Key,
 use crate::report::metrics::Metric;
 use crate::report::points::Point;
 use crate::report::points::{failed_pair, ratio};
+use crate::report::stats::Pairing;
+use crate::workload::Workload;
 
 /// One bar: its value and whisker, or why there is none.
 pub(super) enum Bar {
@@ -93,20 +95,7 @@ pub(super) fn ratio_bars(
         .skip(1)
         .filter(|b| points.iter().any(|p| &&p.backend == b))
         .map(|b| {
-            let bars = xs
-                .iter()
-                .map(|x| {
-                    let p = at(points, b, x);
-                    match p.and_then(|p| ratio(all, p, m, base)) {
-                        Some(r) => {
-                            let (lo, hi) = r.ci95.unwrap_or((r.ratio, r.ratio));
-                            Bar::Value { value: r.ratio, lo, hi }
-                        }
-                        None if p.is_some_and(|p| failed_pair(all, p, base).is_some()) => Bar::Missing("Fail"),
-                        None => Bar::Missing("n/a"),
-                    }
-                })
-                .collect();
+            let bars = xs.iter().map(|x| ratio_bar(all, at(points, b, x), m, base)).collect();
             (b.clone(), bars)
         })
         .collect();
@@ -115,10 +104,14 @@ pub(super) fn ratio_bars(
     }
     let title = format!("{} relative to {base}", m.title);
     let subtitle = format!("whiskers: 95 % confidence interval of the paired ratio · 1 = same as {base}");
+    let how = if points.iter().all(|p| p.pairing == Pairing::Slices) {
+        "the median of paired slices"
+    } else {
+        "the geometric mean of paired repeats"
+    };
     let note = format!(
-        "Each bar is the server's {} divided by {base}'s (the geometric mean of paired repeats); whiskers \
-         are its 95 % confidence interval; a whisker that crosses the line at 1 means no significant \
-         difference; {}.",
+        "Each bar is the server's {} divided by {base}'s ({how}); whiskers are its 95 % confidence \
+         interval; a whisker that crosses the line at 1 means no significant difference; {}.",
         m.what,
         m.better.phrase()
     );
@@ -138,6 +131,89 @@ pub(super) fn ratio_bars(
         },
         note,
     ))
+}
+
+/// One bar of a ratio chart: `p`'s ratio to the baseline with its interval, `Fail` where
+/// it (or the baseline) failed, `n/a` where there is no such point or figure.
+fn ratio_bar(all: &[Point], p: Option<&Point>, m: &Metric, base: &str) -> Bar {
+    match p.and_then(|p| ratio(all, p, m, base)) {
+        Some(r) => {
+            let (lo, hi) = r.ci95.unwrap_or((r.ratio, r.ratio));
+            Bar::Value { value: r.ratio, lo, hi }
+        }
+        None if p.is_some_and(|p| failed_pair(all, p, base).is_some()) => Bar::Missing("Fail"),
+        None => Bar::Missing("n/a"),
+    }
+}
+
+/// When several workloads ran: at each connection count (and size) of a closed loop, each
+/// server's CPU per request and req/s ÷ the baseline's across the workloads — where the
+/// answer changes. Returns each chart's file, bars, note and size.
+pub(super) fn across_workloads(all: &[Point], order: &[String], caption: &str) -> Vec<(String, Bars, String, usize)> {
+    let Some(base) = order.first() else { return Vec::new() };
+    let mut workloads: Vec<Workload> = all.iter().map(|p| p.workload).collect();
+    workloads.sort_unstable();
+    workloads.dedup();
+    let mut places: Vec<(usize, usize)> =
+        all.iter().filter(|p| p.rate.is_none()).map(|p| (p.size_bytes, p.connections)).collect();
+    places.sort_unstable();
+    places.dedup();
+    let sizes = places.iter().map(|p| p.0).collect::<std::collections::BTreeSet<_>>().len();
+    if workloads.len() < 2 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for &(size, conns) in &places {
+        for m in
+            ["server_cpu_us_per_request", "throughput_rps"].iter().filter_map(|k| crate::report::metrics::metric(k))
+        {
+            let find = |b: &str, w: Workload| {
+                all.iter().find(|p| {
+                    p.backend == b
+                        && p.workload == w
+                        && p.connections == conns
+                        && p.size_bytes == size
+                        && p.rate.is_none()
+                })
+            };
+            let series: Vec<(String, Vec<Bar>)> = order
+                .iter()
+                .skip(1)
+                .filter(|b| workloads.iter().any(|w| find(b, *w).is_some()))
+                .map(|b| {
+                    let bars = workloads.iter().map(|w| ratio_bar(all, find(b, *w), m, base)).collect();
+                    (b.clone(), bars)
+                })
+                .collect();
+            if series.is_empty() {
+                continue;
+            }
+            let file_of = m.chart.as_ref().map_or(m.key, |c| c.file);
+            let size_part = if sizes > 1 { format!("_s{size}") } else { String::new() };
+            let file = format!("ratio_workloads_{file_of}_c{conns}{size_part}.png");
+            let title = format!("{} relative to {base}, by workload, at {conns} connections", m.title);
+            let note = format!(
+                "Each bar is the server's {} divided by {base}'s at {conns} connections in each workload, with \
+                 its 95 % interval; a whisker that crosses the line at 1 means no significant difference; {}.",
+                m.what,
+                m.better.phrase()
+            );
+            let bars = Bars {
+                title,
+                subtitle: format!("whiskers: 95 % confidence interval of the paired ratio · 1 = same as {base}"),
+                axis: format!("× {base}"),
+                caption: format!("{caption} · {size}-byte requests"),
+                x_labels: workloads.iter().map(Workload::name).collect(),
+                x_desc: "workload",
+                series,
+                reference: Some(1.0),
+                first_color: 1,
+                label: |r| format!("{r:.2}"),
+            };
+            out.push((file, bars, note, size));
+        }
+    }
+    out
 }
 
 /// Value labels turn upright below this bar width, so neighbours never overlap.

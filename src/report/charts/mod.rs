@@ -22,6 +22,7 @@ use plotters::style::FontStyle;
 use super::metrics::{Metric, METRICS};
 use super::points::{sizes, Point};
 use crate::files;
+use crate::workload::Workload;
 
 static FONT: &[u8] = include_bytes!("DejaVuSans.ttf");
 pub(crate) const FAMILY: &str = "sans-serif";
@@ -101,17 +102,25 @@ pub fn register_bundled_font() -> anyhow::Result<()> {
 }
 
 /// Draws every charted metric, the ratio charts, and — from the latency histograms — the
-/// knee and spectrum charts, per request size, into `dir`.
+/// knee and spectrum charts, per request size and workload, into `dir`; and, when several
+/// workloads ran, each server's ratio to the baseline across them.
 pub fn draw_all(dir: &Path, points: &[Point], order: &[String], caption: &str) -> anyhow::Result<Vec<Chart>> {
     register_bundled_font()?;
     std::fs::create_dir_all(dir).map_err(|e| anyhow!("cannot create '{}': {e}", dir.display()))?;
     files::write_whole(&dir.join(FONT_FILE), FONT)?;
     let sizes = sizes(points);
+    let mut groups: Vec<(usize, Workload)> = points.iter().map(|p| (p.size_bytes, p.workload)).collect();
+    groups.sort_unstable();
+    groups.dedup();
     let mut out = Vec::new();
-    for &size in &sizes {
-        let pts: Vec<&Point> = points.iter().filter(|p| p.size_bytes == size).collect();
-        let suffix = if sizes.len() > 1 { format!("_s{size}") } else { String::new() };
-        let cap = format!("{caption} · {size}-byte requests");
+    for &(size, workload) in &groups {
+        let pts: Vec<&Point> = points.iter().filter(|p| p.size_bytes == size && p.workload == workload).collect();
+        let mut suffix = if sizes.len() > 1 { format!("_s{size}") } else { String::new() };
+        let mut cap = format!("{caption} · {size}-byte requests");
+        if let Some(w) = workload.stem() {
+            suffix.push_str(&format!("_w{w}"));
+            cap.push_str(&format!(" · {}", workload.name()));
+        }
         let mut add =
             |file: String, title: String, note: String, kind: Kind, fig: &dyn Fn(&Path, &str) -> anyhow::Result<()>| {
                 fig(dir, &file)?;
@@ -123,7 +132,7 @@ pub fn draw_all(dir: &Path, points: &[Point], order: &[String], caption: &str) -
             let file = format!("{}{suffix}.png", m.chart.as_ref().map_or(m.key, |c| c.file));
             add(file, m.title.into(), note, Kind::Bars, &|d, f| write_chart(d, f, &b))?;
         }
-        for m in METRICS.iter().filter(|m| m.ratio_chart) {
+        for m in METRICS.iter().filter(|m| m.ratio_chart && pts.iter().any(|p| p.get(m).is_some())) {
             let Some((b, note)) = bars::ratio_bars(m, points, &pts, order, &cap) else { continue };
             let file = format!("ratio_{}{suffix}.png", m.chart.as_ref().map_or(m.key, |c| c.file));
             add(file, b.title.clone(), note, Kind::Ratio, &|d, f| write_chart(d, f, &b))?;
@@ -136,6 +145,10 @@ pub fn draw_all(dir: &Path, points: &[Point], order: &[String], caption: &str) -
             let file = format!("spectrum_{stem}{suffix}.png");
             add(file, l.title.clone(), note, Kind::Spectrum, &|d, f| write_chart(d, f, &l))?;
         }
+    }
+    for (file, b, note, size) in bars::across_workloads(points, order, caption) {
+        write_chart(dir, &file, &b)?;
+        out.push(Chart { title: b.title.clone(), file, size_bytes: size, note, kind: Kind::Ratio });
     }
     Ok(out)
 }

@@ -6,6 +6,12 @@
 //! An open-loop schedule is held with a timer: each thread keeps its connections' next
 //! send times in a heap and arms a timerfd (nanosecond resolution) for the earliest, so a
 //! send leaves within tens of microseconds of its time while the client keeps up.
+//!
+//! It runs every workload ([`flow`] keeps each connection's requests in flight): rr,
+//! pipeline and stream on connections made once; crr on a new connection per request;
+//! and the idle crowd, connected with the others, loaded never, echoing once at the end.
+
+mod flow;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -20,9 +26,10 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::latency::RunLatency;
 use super::load::{ConnLoad, Next, Stop};
-use super::payload::{fill_payload, first_difference, mismatch};
 use super::session::{Board, Connected, SliceOut, Tally};
 use super::{check_limits, ClientConfig, ClientError, ConnOutcome};
+use crate::workload::Workload;
+use flow::Flow;
 
 const TOKEN_TIMER: Token = Token(u64::MAX);
 /// Connects in flight per thread: more at once only overflows the server's SYN queue,
@@ -37,20 +44,15 @@ const TIMEOUT_SCAN: Duration = Duration::from_millis(100);
 enum Phase {
     /// Not yet asked to connect.
     Queued,
+    /// Connecting before the first slice.
     Connecting,
-    /// Connected, waiting for a slice's start gate (or resting between slices).
+    /// Waiting for a slice's start gate (or resting between slices): connected, or — a
+    /// crr slot — not yet, as each of its requests opens a connection of its own.
     Ready,
-    /// Waiting for the time of its request `k` (open loop).
-    Scheduled {
-        k: u64,
-    },
-    /// Request `k` is out: `written` of it sent, `echoed` of it back and verified.
-    Exchange {
-        k: u64,
-        sent_at: Instant,
-        written: usize,
-        echoed: usize,
-    },
+    /// Loaded in the running slice: requests in flight, or the next one scheduled.
+    Running,
+    /// crr, in the running slice: connecting for its next request.
+    Reconnecting,
     Finished,
 }
 
@@ -61,8 +63,10 @@ struct Conn {
     index: usize,
     thread: usize,
     phase: Phase,
-    /// The current request's payload.
-    payload: Vec<u8>,
+    /// Its requests in flight.
+    flow: Flow,
+    /// One of the idle crowd (`idle:K`): connected, never loaded, echoes once at the end.
+    idle: bool,
     connect_started: Option<Instant>,
     last_progress: Instant,
     /// Its load in the slice running now.
@@ -76,6 +80,9 @@ struct Conn {
 /// One engine thread and its connections.
 struct Engine {
     cfg: Arc<ClientConfig>,
+    workload: Workload,
+    /// Requests each connection keeps in flight.
+    depth: usize,
     /// The configuration as the running slice stops (what its outcomes report).
     slice_cfg: ClientConfig,
     ep: Epoll,
@@ -108,8 +115,9 @@ impl Connections {
         let n = cfg.engine_threads();
         let board: Arc<Board<(), ThreadSlice>> = Arc::new(Board::default());
         let mut threads = Vec::with_capacity(n);
+        let all = cfg.connections + cfg.workload.idle();
         for t in 0..n {
-            let indexes: Vec<usize> = (t..cfg.connections).step_by(n).collect();
+            let indexes: Vec<usize> = (t..all).step_by(n).collect();
             let (shared, c) = (Arc::clone(&board), Arc::new(cfg.clone()));
             let spawned = std::thread::Builder::new()
                 .name(format!("client-engine-{t}"))
@@ -142,7 +150,7 @@ impl Connected for Connections {
 
     fn close(self: Box<Self>) -> Vec<Tally> {
         self.board.quit();
-        let mut tallies = Vec::with_capacity(self.cfg.connections);
+        let mut tallies = Vec::with_capacity(self.cfg.connections + self.cfg.workload.idle());
         for h in self.threads {
             if let Ok(Ok(t)) = h.join() {
                 tallies.extend(t);
@@ -171,7 +179,9 @@ fn engine_thread(
         };
         run.deliver(result);
     }
-    engine.map(|e| e.conns.into_iter().map(|c| c.tally).collect())
+    let mut engine = engine?;
+    engine.echo_idle()?;
+    Ok(engine.conns.into_iter().map(|c| c.tally).collect())
 }
 
 impl Engine {
@@ -186,18 +196,21 @@ impl Engine {
             .map(|index| Conn {
                 fd: None,
                 index,
-                thread: cfg.first_thread + index,
+                thread: thread_number(&cfg, index),
                 phase: Phase::Queued,
-                payload: vec![0u8; cfg.size],
+                flow: Flow::new(cfg.size),
+                idle: index >= cfg.connections,
                 connect_started: None,
                 last_progress: now,
                 load: None,
                 active: false,
-                tally: Tally::new(cfg.first_thread + index),
+                tally: Tally::new(thread_number(&cfg, index)),
             })
             .collect();
         Ok(Engine {
             slice_cfg: (*cfg).clone(),
+            workload: cfg.workload,
+            depth: cfg.workload.depth(cfg.size, cfg.window),
             cfg,
             ep,
             timer,
@@ -216,12 +229,13 @@ impl Engine {
     fn run_slice(&mut self, stop: Stop, t0: Instant) -> io::Result<(Vec<ConnOutcome>, RunLatency)> {
         self.slice_cfg = self.cfg.with_stop(stop);
         self.due.clear();
-        self.start(stop, t0)?;
+        self.start(stop, t0, false)?;
         self.drive()?;
         let cfg = &self.slice_cfg;
         let outcomes = self
             .conns
             .iter_mut()
+            .filter(|c| !c.idle)
             .map(|c| match c.load.take() {
                 Some(load) => {
                     c.tally.add(&load);
@@ -259,7 +273,11 @@ impl Engine {
         {
             Ok(fd) => {
                 c.fd = Some(fd);
-                c.phase = Phase::Connecting;
+                c.phase = if c.active { Phase::Reconnecting } else { Phase::Connecting };
+            }
+            Err(e) if c.active => {
+                let why = format!("connect to {}: {e}", cfg.server);
+                self.finish(i, Some(why));
             }
             Err(e) => {
                 c.tally.error = Some(format!("connect to {}: {e}", cfg.server));
@@ -268,9 +286,52 @@ impl Engine {
         }
     }
 
+    /// crr: connection `i`'s request is back; its connection closes, and the next request,
+    /// if the load has one, opens a connection of its own.
+    fn reconnect(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        if let Some(fd) = c.fd.take() {
+            self.sc.close(fd);
+        }
+        let more = c.load.as_ref().is_some_and(|l| matches!(l.next_after(c.flow.last_sent()), Next::Send { .. }));
+        if more {
+            self.begin_connect(i);
+        } else {
+            self.finish(i, None);
+        }
+    }
+
+    /// A connect in the running slice (crr) reported: its next request goes out, or it
+    /// failed.
+    fn reconnected(&mut self, i: usize, now: Instant) {
+        let c = &mut self.conns[i];
+        let Some(fd) = &c.fd else { return };
+        match socket2::SockRef::from(fd).take_error() {
+            Ok(None) => {
+                let took = c.connect_started.map_or(0, |t| t.elapsed().as_nanos() as u64);
+                self.run.record_connect(took);
+                c.phase = Phase::Running;
+                c.last_progress = now;
+                self.advance(i, now);
+            }
+            Ok(Some(e)) | Err(e) => {
+                let why = format!("connect to {}: {e}", self.cfg.server);
+                self.finish(i, Some(why));
+            }
+        }
+    }
+
     /// Connects every connection, a bounded number at a time; each either connects or
     /// records why not. An error here is the engine's own (epoll failed).
     fn connect_all(&mut self) -> io::Result<()> {
+        if self.workload == Workload::Crr {
+            // Every request of a crr slot opens its own connection, in the slices.
+            for c in &mut self.conns {
+                c.phase = Phase::Ready;
+                c.tally.connected = true;
+            }
+            return Ok(());
+        }
         let deadline = Instant::now() + self.cfg.timeout;
         let mut next = 0;
         let mut pending = 0;
@@ -325,32 +386,45 @@ impl Engine {
     }
 
     /// The gate opened at `t0`: every connected connection starts its load.
-    fn start(&mut self, stop: Stop, t0: Instant) -> io::Result<()> {
+    fn start(&mut self, stop: Stop, t0: Instant, idle: bool) -> io::Result<()> {
         for i in 0..self.conns.len() {
             let c = &mut self.conns[i];
-            if !matches!(c.phase, Phase::Ready) || !c.tally.usable() {
+            if !matches!(c.phase, Phase::Ready) || !c.tally.usable() || c.idle != idle {
                 continue;
             }
-            let load = ConnLoad::new(&self.slice_cfg, stop, c.thread, c.index, self.cfg.connections, t0);
-            let first = load.first();
-            c.load = Some(load);
+            c.load = Some(ConnLoad::new(&self.slice_cfg, stop, c.thread, c.index, self.cfg.connections, t0));
+            c.flow.reset();
             c.active = true;
+            c.last_progress = t0;
             self.active += 1;
-            self.follow(i, first, t0);
+            if c.fd.is_none() {
+                // crr: the first request's connection is part of the slice.
+                self.begin_connect(i);
+            } else {
+                c.phase = Phase::Running;
+                self.advance(i, t0);
+            }
         }
         self.arm_timer()
     }
 
-    /// Acts on what the load says comes next for connection `i`.
-    fn follow(&mut self, i: usize, next: Next, now: Instant) {
-        match next {
-            Next::Send { k, at: Some(at) } if at > now => {
-                self.conns[i].phase = Phase::Scheduled { k };
-                self.due.push(Reverse((at, i)));
-            }
-            Next::Send { k, .. } => self.send(i, k, now),
-            Next::Done => self.finish(i, None),
+    /// After the last slice: every connection of the idle crowd sends one request and
+    /// verifies its echo, so an idle connection the server dropped is a failure.
+    fn echo_idle(&mut self) -> io::Result<()> {
+        if !self.conns.iter().any(|c| c.idle) {
+            return Ok(());
         }
+        self.slice_cfg = ClientConfig { requests: 1, ..self.cfg.with_stop(Stop::Rounds { min_run: None }) };
+        self.due.clear();
+        let t0 = Instant::now();
+        self.start(Stop::Rounds { min_run: None }, t0, true)?;
+        self.drive()?;
+        for c in self.conns.iter_mut().filter(|c| c.idle) {
+            if let Some(load) = c.load.take() {
+                c.tally.add(&load);
+            }
+        }
+        Ok(())
     }
 
     /// Connection `i` is done with this slice: it rests, still connected, until the next
@@ -361,7 +435,10 @@ impl Engine {
             return;
         }
         match error {
-            None => c.phase = Phase::Ready,
+            None => {
+                c.phase = Phase::Ready;
+                c.flow.pending = None;
+            }
             Some(e) => {
                 match c.load.as_mut() {
                     Some(load) => load.failed(e),
@@ -378,85 +455,18 @@ impl Engine {
         }
     }
 
-    /// Sends request `k` on connection `i` (as much as the socket takes now).
-    fn send(&mut self, i: usize, k: u64, now: Instant) {
-        let c = &mut self.conns[i];
-        fill_payload(&mut c.payload, c.thread, k);
-        if let Some(load) = c.load.as_mut() {
-            load.sent(k, now);
-        }
-        c.phase = Phase::Exchange { k, sent_at: now, written: 0, echoed: 0 };
-        c.last_progress = now;
-        self.pump_out(i);
-    }
-
-    /// Writes what is left of the current request.
-    fn pump_out(&mut self, i: usize) {
-        let c = &mut self.conns[i];
-        let (Phase::Exchange { written, .. }, Some(fd)) = (&mut c.phase, &c.fd) else { return };
-        while *written < c.payload.len() {
-            match self.sc.write(fd.as_fd(), &c.payload[*written..]) {
-                Ok(n) => *written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let why = format!("request: write: {e}");
-                    return self.finish(i, Some(why));
-                }
-            }
-        }
-    }
-
-    /// Reads and verifies what the socket has; completes the request when it is all back.
-    fn pump_in(&mut self, i: usize, now: Instant) {
-        loop {
-            let c = &mut self.conns[i];
-            let Some(fd) = &c.fd else { return };
-            let n = match self.sc.read(fd.as_fd(), &mut self.scratch) {
-                Ok(0) => {
-                    let why = closed_early(&c.phase, c.payload.len());
-                    return self.finish(i, Some(why));
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.finish(i, Some(format!("read: {e}"))),
-            };
-            let Phase::Exchange { k, sent_at, echoed, .. } = &mut c.phase else {
-                return self.finish(i, Some(format!("{n} bytes arrived with no request out")));
-            };
-            let (k, sent_at) = (*k, *sent_at);
-            let expected = &c.payload[*echoed..];
-            if n > expected.len() {
-                let why = format!("request {k}: {} bytes more than were sent", n - expected.len());
-                return self.finish(i, Some(why));
-            }
-            if let Some(at) = first_difference(&expected[..n], &self.scratch[..n]) {
-                let at = *echoed + at;
-                let mut got = c.payload.clone();
-                got[*echoed..*echoed + n].copy_from_slice(&self.scratch[..n]);
-                let why = mismatch(k, &c.payload, &got, at);
-                return self.finish(i, Some(why));
-            }
-            *echoed += n;
-            c.last_progress = now;
-            if *echoed == c.payload.len() {
-                let Some(load) = c.load.as_mut() else { return };
-                load.verified(&mut self.run, k, sent_at, Instant::now());
-                let next = load.next_after(Some(k));
-                self.follow(i, next, Instant::now());
-            }
-        }
-    }
-
     fn on_event(&mut self, ev: &Event, now: Instant) {
         let i = ev.token.0 as usize;
+        if matches!(self.conns[i].phase, Phase::Reconnecting) {
+            return self.reconnected(i, now);
+        }
         if ev.writable() {
             self.pump_out(i);
         }
         if ev.readable() {
             self.pump_in(i, now);
         }
+        self.advance(i, now);
     }
 
     /// Sends everything due by `now`.
@@ -466,8 +476,8 @@ impl Engine {
                 break;
             }
             self.due.pop();
-            if let Phase::Scheduled { k } = self.conns[i].phase {
-                self.send(i, k, now);
+            if self.conns[i].flow.pending.is_some() {
+                self.advance(i, now);
             }
         }
     }
@@ -515,26 +525,34 @@ impl Engine {
         let limit = self.cfg.timeout;
         for i in 0..self.conns.len() {
             let c = &self.conns[i];
-            if let Phase::Exchange { k, written, echoed, .. } = c.phase {
-                if now.duration_since(c.last_progress) >= limit {
-                    let why = format!(
-                        "request {k}: timed out after {:.1} s with {written} of {} bytes sent and {echoed} received",
-                        limit.as_secs_f64(),
-                        c.payload.len()
-                    );
-                    self.finish(i, Some(why));
-                }
+            if now.duration_since(c.last_progress) < limit {
+                continue;
             }
+            let why = match (&c.phase, c.flow.out.front()) {
+                (Phase::Running, Some((k, _))) => format!(
+                    "request {k}: timed out after {:.1} s with {} requests in flight, {} of its {} reply bytes received",
+                    limit.as_secs_f64(),
+                    c.flow.out.len(),
+                    c.flow.echoed,
+                    c.flow.size()
+                ),
+                (Phase::Reconnecting, _) => {
+                    format!("connect to {}: timed out after {:.1} s", self.cfg.server, limit.as_secs_f64())
+                }
+                _ => continue,
+            };
+            self.finish(i, Some(why));
         }
     }
 }
 
-/// Why a connection that the server closed failed.
-fn closed_early(phase: &Phase, len: usize) -> String {
-    match phase {
-        Phase::Exchange { k, echoed, .. } => {
-            format!("request {k}: server closed the connection after {echoed} of {len} reply bytes")
-        }
-        _ => "server closed the connection".into(),
+/// The run-wide number of this process's connection `index`: the active ones from
+/// `first_thread`, the idle crowd after them from [`IDLE_FIRST_THREAD`].
+///
+/// [`IDLE_FIRST_THREAD`]: crate::workload::IDLE_FIRST_THREAD
+fn thread_number(cfg: &ClientConfig, index: usize) -> usize {
+    match index.checked_sub(cfg.connections) {
+        Some(i) => crate::workload::IDLE_FIRST_THREAD + cfg.first_thread + i,
+        None => cfg.first_thread + index,
     }
 }
