@@ -26,6 +26,11 @@ pub(super) type Figures = BTreeMap<String, Vec<(usize, f64, f64)>>;
 const IDLE_CPU_SHARE: f64 = 0.01;
 /// One window of watching every server idle before the first round.
 const SETTLE: Duration = Duration::from_millis(250);
+/// A server that has used less than this share of a CPU over a window of
+/// [`QUIET_WINDOW`] is done with its slice; it is waited for at most [`QUIET_LIMIT`].
+const QUIET_SHARE: f64 = 0.02;
+const QUIET_WINDOW: Duration = Duration::from_millis(2);
+const QUIET_LIMIT: Duration = Duration::from_millis(300);
 /// How long start-up may take to quieten down before a busy server is set apart.
 const SETTLE_LIMIT: Duration = Duration::from_secs(3);
 
@@ -186,6 +191,23 @@ pub(super) fn settle(ups: &mut [Up], log: &mut SliceLog) {
     }
 }
 
+/// Waits until `u`'s CPU clock stands still (moves less than [`QUIET_SHARE`] of a window
+/// of [`QUIET_WINDOW`]), for at most [`QUIET_LIMIT`].
+fn quiesce(u: &Up) {
+    let Some(pid) = u.pid() else { return };
+    let deadline = Instant::now() + QUIET_LIMIT;
+    let mut last = sys::process_cpu_ns(pid).ok();
+    while Instant::now() < deadline {
+        std::thread::sleep(QUIET_WINDOW);
+        let now = sys::process_cpu_ns(pid).ok();
+        match (last, now) {
+            (Some(a), Some(b)) if (b.saturating_sub(a) as f64) < QUIET_SHARE * QUIET_WINDOW.as_nanos() as f64 => return,
+            (_, None) => return,
+            _ => last = now,
+        }
+    }
+}
+
 pub(super) fn isolate(u: &mut Up, round: usize, why: String, log: &mut SliceLog) {
     if u.isolated.is_some() || u.proc.is_none() {
         return;
@@ -237,6 +259,9 @@ pub(super) fn slice(
         ups[i].broken = Some("interrupted".into());
         return Ok(());
     }
+    // What the slice left the server to do (closing crr's last connections, writing their
+    // log rows) is the slice's: wait until its clock stands still before reading it.
+    quiesce(&ups[i]);
     let after = sample(ups);
     if ups[i].isolated.is_some() {
         ups[i].signal(libc::SIGSTOP);
