@@ -7,7 +7,7 @@
 //! send times in a heap and arms a timerfd (nanosecond resolution) for the earliest, so a
 //! send leaves within tens of microseconds of its time while the client keeps up.
 //!
-//! It runs every workload ([`flow`] keeps each connection's requests in flight): rr,
+//! It runs every workload (`flow` keeps each connection's requests in flight): rr,
 //! pipeline and stream on connections made once; crr on a new connection per request;
 //! and the idle crowd, connected with the others, loaded never, echoing once at the end.
 

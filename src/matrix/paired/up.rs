@@ -22,14 +22,15 @@ use crate::server_proc::{process_cpu_s, ServerProc};
 pub(super) type Figures = BTreeMap<String, Vec<(usize, f64, f64)>>;
 
 /// A server that used more than this share of a CPU while another was loaded (or before
-/// any load) is set apart.
-const IDLE_CPU_SHARE: f64 = 0.01;
+/// any load) is set apart. A spinning server uses all of one; what a crr slice leaves a
+/// server to finish (its last connections' closes) measured 1–3 % of the next slice.
+const IDLE_CPU_SHARE: f64 = 0.03;
 /// One window of watching every server idle before the first round.
 const SETTLE: Duration = Duration::from_millis(250);
 /// A server that has used less than this share of a CPU over a window of
 /// [`QUIET_WINDOW`] is done with its slice; it is waited for at most [`QUIET_LIMIT`].
 const QUIET_SHARE: f64 = 0.02;
-const QUIET_WINDOW: Duration = Duration::from_millis(2);
+const QUIET_WINDOW: Duration = Duration::from_millis(5);
 const QUIET_LIMIT: Duration = Duration::from_millis(300);
 /// How long start-up may take to quieten down before a busy server is set apart.
 const SETTLE_LIMIT: Duration = Duration::from_secs(3);
