@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: build the release binary (and the tokio reference peer), sweep epoll and
+# The main job: build the release binary (and the tokio and monoio reference peers), sweep epoll and
 # io_uring over the seed's connection counts, and write CSV/JSON/Markdown and PNG charts.
 #
 #   ./run_matrix.sh                      # the full default sweep (results/<timestamp>/)
@@ -11,5 +11,5 @@
 # Arguments are passed to `ringbench matrix`.
 set -euo pipefail
 cd "$(dirname "$0")"
-cargo build --release --quiet --bin ringbench --example tokio_echo
+cargo build --release --quiet --bin ringbench --example tokio_echo --example monoio_echo
 exec ./target/release/ringbench matrix "$@"

@@ -39,6 +39,9 @@ pub struct UringOptions {
     pub defer_taskrun: bool,
     /// A kernel thread polls the submission queue (opt-in: it burns a CPU while busy).
     pub sqpoll: bool,
+    /// One vectored send (`sendmsg`) carries several queued receive buffers.
+    #[serde(default = "yes")]
+    pub sendvec: bool,
     /// Provided buffers per worker (a power of two, at most 32768).
     pub buffers: u16,
     /// Bytes per provided buffer (and per connection without a buffer ring).
@@ -48,6 +51,11 @@ pub struct UringOptions {
     pub cq_entries: u32,
 }
 
+/// Raw files written before a feature existed had it on.
+fn yes() -> bool {
+    true
+}
+
 impl Default for UringOptions {
     fn default() -> Self {
         UringOptions {
@@ -55,6 +63,7 @@ impl Default for UringOptions {
             bufring: true,
             defer_taskrun: true,
             sqpoll: false,
+            sendvec: true,
             buffers: DEFAULT_URING_BUFFERS,
             buffer_size: DEFAULT_URING_BUFFER_SIZE_BYTES,
             cq_entries: DEFAULT_URING_CQ_ENTRIES,
@@ -165,6 +174,13 @@ pub const SWITCHES: &[Switch] = &[
         flag: Some("uring-no-defer-taskrun"),
         help: "io_uring: COOP_TASKRUN instead of SINGLE_ISSUER + DEFER_TASKRUN",
         apply: |c| c.uring.defer_taskrun = false,
+    },
+    Switch {
+        name: "no-sendvec",
+        backend: Some("uring"),
+        flag: Some("uring-no-sendvec"),
+        help: "io_uring: one send per received buffer instead of one vectored send for all queued",
+        apply: |c| c.uring.sendvec = false,
     },
     Switch {
         name: "sqpoll",

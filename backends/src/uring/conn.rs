@@ -4,7 +4,10 @@
 //!
 //! Rules the methods keep:
 //! - one send in flight, from the front of the queue, so bytes leave in order; a short
-//!   send is resubmitted from where it stopped;
+//!   send is resubmitted from where it stopped. With vectored sends one `sendmsg` carries
+//!   up to [`SEND_IOV_MAX`] queued chunks at once, straight from the receive buffers they
+//!   arrived in: a 16 KiB write that came in as four 4 KiB completions leaves in one send,
+//!   not four sends each waiting for the one before;
 //! - flow control: at [`PENDING_HIGH_BYTES`] of queued echo a multishot receive is
 //!   cancelled, and it is re-armed only below [`PENDING_LOW_BYTES`] (with per-connection
 //!   buffers, only once the queue is empty: the one buffer is in the queue);
@@ -32,6 +35,8 @@ use crate::table::{Key, Tracked};
 pub const PENDING_HIGH_BYTES: usize = 64 * 1024;
 /// Receive again once its queue has drained below this.
 pub const PENDING_LOW_BYTES: usize = 16 * 1024;
+/// Chunks one vectored send carries at most: [`PENDING_HIGH_BYTES`] of 4 KiB buffers.
+pub const SEND_IOV_MAX: usize = 16;
 
 /// The worker's operations, as `user_data` tags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +70,41 @@ pub enum Recv {
     Eof,
 }
 
+/// Where the connection's send stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sending {
+    Idle,
+    /// A send is in flight carrying the first `chunks` chunks of the queue.
+    Flying {
+        chunks: u16,
+    },
+}
+
+impl Sending {
+    /// Chunks at the front of the queue the kernel may be reading.
+    fn chunks(self) -> usize {
+        match self {
+            Sending::Idle => 0,
+            Sending::Flying { chunks } => usize::from(chunks),
+        }
+    }
+}
+
+/// A vectored send's message: it must stay where it is until the send completes, so it
+/// lives in a box of its own, made once per connection on its first vectored send.
+struct SendVec {
+    iov: [libc::iovec; SEND_IOV_MAX],
+    msg: libc::msghdr,
+}
+
+impl SendVec {
+    fn new() -> Box<SendVec> {
+        // SAFETY: iovec and msghdr are plain C structs for which all-zero bytes are valid
+        // (null pointers, zero lengths).
+        Box::new(unsafe { std::mem::zeroed() })
+    }
+}
+
 /// Whether the connection is serving or on its way out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -94,6 +134,8 @@ pub struct Io<'a, 'r> {
     pub stats: &'a mut ThreadStats,
     pub bufs: Option<&'a BufRing>,
     pub multishot: bool,
+    /// Send several queued chunks in one vectored send.
+    pub sendvec: bool,
     pub buffer_size: usize,
     pub now: Instant,
 }
@@ -109,8 +151,9 @@ pub struct UConn {
     queue: VecDeque<Chunk>,
     queued_bytes: usize,
     recv: Recv,
-    /// A send is in flight (always the front chunk).
-    sending: bool,
+    send: Sending,
+    /// The vectored send's message, once one was needed.
+    vec: Option<Box<SendVec>>,
     phase: Phase,
 }
 
@@ -131,14 +174,15 @@ impl UConn {
             queue: VecDeque::new(),
             queued_bytes: 0,
             recv: Recv::Idle,
-            sending: false,
+            send: Sending::Idle,
+            vec: None,
             phase: Phase::Open,
         }
     }
 
     /// Something of this connection's is in flight (the kernel may touch its buffers).
     pub fn in_flight(&self) -> bool {
-        matches!(self.recv, Recv::Armed | Recv::Cancelling) || self.sending
+        matches!(self.recv, Recv::Armed | Recv::Cancelling) || self.send != Sending::Idle
     }
 
     pub fn is_open(&self) -> bool {
@@ -168,21 +212,59 @@ impl UConn {
         self.push(io, e, Op::Recv);
     }
 
-    /// Sends the front chunk (from where a short send stopped).
-    fn send_front(&mut self, io: &mut Io<'_, '_>) {
-        let Some(ch) = self.queue.front() else { return };
+    /// Where a chunk's unsent bytes start.
+    fn unsent(&self, ch: &Chunk) -> Option<*const u8> {
         let base = match &ch.buf {
             Buf::Ring(b) => b.ptr(),
-            Buf::Own => match &self.own {
-                Some(o) => o.as_ptr(),
-                None => return,
-            },
+            Buf::Own => self.own.as_ref()?.as_ptr(),
         };
         // SAFETY: `off < len <= buffer size`, so the pointer stays inside the buffer.
-        let ptr = unsafe { base.add(ch.off as usize) };
-        let e = opcode::Send::new(types::Fd(self.raw), ptr, ch.len - ch.off).build();
-        self.sending = true;
+        Some(unsafe { base.add(ch.off as usize) })
+    }
+
+    /// Sends the front of the queue (from where a short send stopped): the front chunk,
+    /// or with vectored sends up to [`SEND_IOV_MAX`] chunks in one `sendmsg`.
+    fn send_front(&mut self, io: &mut Io<'_, '_>) {
+        let n = if io.sendvec { self.queue.len().min(SEND_IOV_MAX) } else { self.queue.len().min(1) };
+        let e = match n {
+            0 => return,
+            1 => {
+                let Some(ch) = self.queue.front() else { return };
+                let Some(ptr) = self.unsent(ch) else { return };
+                opcode::Send::new(types::Fd(self.raw), ptr, ch.len - ch.off).build()
+            }
+            _ => {
+                let mut v = self.vec.take().unwrap_or_else(SendVec::new);
+                for (slot, ch) in v.iov.iter_mut().zip(self.queue.iter().take(n)) {
+                    let Some(ptr) = self.unsent(ch) else { return };
+                    *slot = libc::iovec { iov_base: ptr.cast_mut().cast(), iov_len: (ch.len - ch.off) as usize };
+                }
+                v.msg.msg_iov = v.iov.as_mut_ptr();
+                v.msg.msg_iovlen = n;
+                let e = opcode::SendMsg::new(types::Fd(self.raw), &v.msg).build();
+                // The box stays in the connection until the send completes (see `abandon`).
+                self.vec = Some(v);
+                e
+            }
+        };
+        self.send = Sending::Flying { chunks: n as u16 };
         self.push(io, e, Op::Send);
+    }
+
+    /// `n` bytes from the front of the queue left: the chunks they covered go (their
+    /// buffers back to the ring), a chunk sent in part keeps its rest.
+    fn consume(&mut self, mut n: usize) {
+        self.queued_bytes -= n.min(self.queued_bytes);
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else { return };
+            let left = (front.len - front.off) as usize;
+            if n < left {
+                front.off += n as u32;
+                return;
+            }
+            n -= left;
+            self.queue.pop_front();
+        }
     }
 
     /// A receive completed, with `buf` if the kernel picked one. Returns true when the
@@ -216,7 +298,7 @@ impl UConn {
     fn queue_echo(&mut self, buf: Option<RingBuf>, n: usize, io: &mut Io<'_, '_>) {
         self.queue.push_back(Chunk { buf: buf.map_or(Buf::Own, Buf::Ring), off: 0, len: n as u32 });
         self.queued_bytes += n;
-        if !self.sending {
+        if self.send == Sending::Idle {
             self.send_front(io);
         }
         // Flow control: a client that is not reading its echo stops being read.
@@ -228,10 +310,10 @@ impl UConn {
 
     /// The send in flight completed with `res`.
     pub fn on_send(&mut self, res: i32, io: &mut Io<'_, '_>) {
-        self.sending = false;
+        let flown = std::mem::replace(&mut self.send, Sending::Idle).chunks();
         if !self.is_open() {
-            // Closing: the chunk that was in flight was kept until now.
-            self.queue.pop_front();
+            // Closing: the chunks that were in flight were kept until now.
+            self.queue.drain(..flown.min(self.queue.len()));
             return;
         }
         if res <= 0 {
@@ -244,14 +326,8 @@ impl UConn {
             return;
         }
         self.meter.touch(io.now);
-        if let Some(front) = self.queue.front_mut() {
-            front.off += res as u32;
-            self.queued_bytes -= res as usize;
-            if front.off >= front.len {
-                self.queue.pop_front();
-            }
-        }
-        // The rest of a short send, or the next chunk: always in order, one at a time.
+        self.consume(res as usize);
+        // The rest of a short send, or the next chunks: always in order, one send at a time.
         self.send_front(io);
     }
 
@@ -259,7 +335,7 @@ impl UConn {
     /// finished (closing, nothing in flight); otherwise it re-arms its receive if the
     /// queue allows.
     pub fn settle(&mut self, io: &mut Io<'_, '_>) -> Option<CloseReason> {
-        if self.is_open() && self.recv == Recv::Eof && self.queue.is_empty() && !self.sending {
+        if self.is_open() && self.recv == Recv::Eof && self.queue.is_empty() && self.send == Sending::Idle {
             // The client half-closed and has every byte back: done.
             self.phase = Phase::Closing(CloseReason::Eof);
         }
@@ -276,8 +352,8 @@ impl UConn {
         }
     }
 
-    /// Starts closing for `reason`: queued chunks not being sent go back now (the one in
-    /// flight returns with its completion), and each request in flight is cancelled; the
+    /// Starts closing for `reason`: queued chunks not being sent go back now (those in
+    /// flight return with its completion), and each request in flight is cancelled; the
     /// connection is finished after the last completion.
     ///
     /// Requests are cancelled by their own `user_data`, which the kernel finds in a hash
@@ -289,13 +365,13 @@ impl UConn {
             return;
         }
         self.phase = Phase::Closing(reason);
-        self.queue.truncate(usize::from(self.sending));
+        self.queue.truncate(self.send.chunks());
         self.queued_bytes = self.queue.iter().map(|ch| (ch.len - ch.off) as usize).sum();
         if self.recv == Recv::Armed {
             self.recv = Recv::Cancelling;
             self.cancel(Op::Recv, io);
         }
-        if self.sending {
+        if self.send != Sending::Idle {
             self.cancel(Op::Send, io);
         }
     }
@@ -345,6 +421,7 @@ impl UConn {
     pub fn abandon(mut self) -> Option<OwnedFd> {
         std::mem::forget(self.own.take());
         std::mem::forget(std::mem::take(&mut self.queue));
+        std::mem::forget(self.vec.take());
         self.fd.take()
     }
 }

@@ -20,7 +20,8 @@
 //!   when data arrives, so idle connections pin no memory. A buffer goes back to the ring
 //!   only after the send that echoes it completes.
 //! - **Send.** One send in flight per connection, so bytes leave in order; a short send is
-//!   resubmitted from where it stopped. Sends are queued behind it in arrival order.
+//!   resubmitted from where it stopped. Sends are queued behind it in arrival order, and
+//!   the next send carries up to 16 queued buffers in one vectored `sendmsg`.
 //! - **Waiting.** One `io_uring_enter` per loop turn submits everything queued and waits;
 //!   then every completion is reaped. Rings are created with `SINGLE_ISSUER | DEFER_TASKRUN`
 //!   (completions are processed only when we ask, in our thread, in batches) and
@@ -29,7 +30,8 @@
 //!   completions with a `min_wait` timeout (Linux 6.12+), falling back to a plain timeout.
 //!
 //! Every feature is probed at start, falls back when missing, can be switched off
-//! (`--uring-no-multishot`, `--uring-no-bufring`, `--uring-no-defer-taskrun`), and is
+//! (`--uring-no-multishot`, `--uring-no-bufring`, `--uring-no-defer-taskrun`,
+//! `--uring-no-sendvec`), and is
 //! reported in the summary.
 //!
 //! # Correctness rules

@@ -34,6 +34,8 @@ pub struct Features {
     pub min_wait: bool,
     sqpoll: bool,
     pub registered_ring_fd: bool,
+    /// Vectored sends of several queued buffers (only a buffer ring queues several).
+    pub sendvec: bool,
 }
 
 fn unavailable(e: io::Error) -> io::Error {
@@ -128,6 +130,7 @@ impl Features {
             min_wait: ring.params().is_feature_min_timeout(),
             sqpoll,
             registered_ring_fd: kernel >= (5, 18),
+            sendvec: opts.sendvec && bufring && probe.is_supported(opcode::SendMsg::CODE),
         };
         // The flags were probed one by one; make sure the combination is accepted too.
         feat.build_ring(8, 16)?;
@@ -187,6 +190,7 @@ impl Features {
             ("registered_listener".into(), "on".into()),
             ("min_wait".into(), on(self.min_wait)),
             ("sqpoll".into(), on(self.sqpoll)),
+            ("sendvec".into(), on(self.sendvec)),
         ]
     }
 }

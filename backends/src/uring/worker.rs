@@ -117,6 +117,7 @@ impl<'r> Worker<'_, 'r> {
             stats: &mut self.book.stats,
             bufs: self.bufs.as_ref(),
             multishot: self.feat.multishot_recv,
+            sendvec: self.feat.sendvec,
             buffer_size: self.feat.buffer_size,
             now: self.now,
         };
