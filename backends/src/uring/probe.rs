@@ -194,3 +194,23 @@ impl Features {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sendvec(opts: &UringOptions) -> String {
+        let feat = Features::probe(opts).expect("io_uring on the test machine");
+        feat.describe().into_iter().find(|(k, _)| k == "sendvec").map(|(_, v)| v).unwrap_or_default()
+    }
+
+    /// Vectored sends are on by default wherever the buffer ring is, and each switch that
+    /// rules them out turns them off: a variant named `-no-sendvec` must measure what it says.
+    #[test]
+    fn vectored_sends_follow_their_switch_and_the_buffer_ring() {
+        let full = UringOptions::default();
+        assert_eq!(sendvec(&full), "on");
+        assert_eq!(sendvec(&UringOptions { sendvec: false, ..full.clone() }), "off");
+        assert_eq!(sendvec(&UringOptions { bufring: false, ..full }), "off", "one own buffer queues one chunk");
+    }
+}
