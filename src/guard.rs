@@ -133,15 +133,17 @@ pub fn serve(sweep_pid: u32, input: impl BufRead) -> usize {
             cleaned += 1;
         }
     }
-    for ns in namespaces.iter().rev() {
-        if remove(&["netns", "del", ns]) {
-            eprintln!("ringbench guard: the sweep (pid {sweep_pid}) is gone; removed namespace {ns}");
-            cleaned += 1;
-        }
-    }
+    // Links before namespaces: deleting a veth end takes its peer with it at once, while a
+    // deleted namespace's devices go away later, on the kernel's cleanup workqueue.
     for l in &links {
         if std::path::Path::new(&format!("/sys/class/net/{l}")).exists() && remove(&["link", "del", l]) {
             eprintln!("ringbench guard: the sweep (pid {sweep_pid}) is gone; removed link {l}");
+            cleaned += 1;
+        }
+    }
+    for ns in namespaces.iter().rev() {
+        if remove(&["netns", "del", ns]) {
+            eprintln!("ringbench guard: the sweep (pid {sweep_pid}) is gone; removed namespace {ns}");
             cleaned += 1;
         }
     }

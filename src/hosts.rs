@@ -223,15 +223,19 @@ impl Network {
     /// removed.
     pub fn teardown(&mut self) -> Vec<String> {
         let mut left = Vec::new();
+        // Links first: deleting a veth end takes its namespaced peer with it at once, while
+        // a deleted namespace's devices are freed later by the kernel's cleanup work (so a
+        // link could outlive the sweep by a moment and hold its subnet).
+        for l in self.links.drain(..) {
+            if std::path::Path::new(&format!("/sys/class/net/{l}")).exists() {
+                if let Err(e) = ip(&["link", "del", &l]) {
+                    left.push(format!("link {l}: {e:#}"));
+                }
+            }
+        }
         for ns in self.namespaces.drain(..).rev() {
             if let Err(e) = ip(&["netns", "del", &ns]) {
                 left.push(format!("namespace {ns}: {e:#}"));
-            }
-        }
-        // Gone with their namespaced peers; this only catches one left in this namespace.
-        for l in self.links.drain(..) {
-            if std::path::Path::new(&format!("/sys/class/net/{l}")).exists() {
-                let _ = ip(&["link", "del", &l]);
             }
         }
         left
@@ -274,12 +278,7 @@ fn remove_stale() {
             .unwrap_or_default()
     };
     let gone = |pid: &str| pid.parse::<u32>().is_ok_and(|p| !crate::guard::ringbench_alive(p));
-    for name in list(&["netns", "list"]).lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name.strip_prefix("ringbench-").and_then(|r| r.split('-').next()) else { continue };
-        if gone(pid) && ip(&["netns", "del", name]).is_ok() {
-            eprintln!("ringbench matrix: removed namespace {name}, left by an earlier sweep (process {pid} is gone)");
-        }
-    }
+    // Links first, for the reason teardown gives.
     for l in list(&["-o", "link", "show"]).lines() {
         let Some(name) = l.split(": ").nth(1).and_then(|n| n.split('@').next()) else { continue };
         let Some(rest) = name.strip_prefix("rb") else { continue };
@@ -287,6 +286,12 @@ fn remove_stale() {
         let kind_ok = rest[pid.len()..].starts_with(['s', 'c']);
         if !pid.is_empty() && kind_ok && gone(&pid) && ip(&["link", "del", name]).is_ok() {
             eprintln!("ringbench matrix: removed link {name}, left by an earlier sweep (process {pid} is gone)");
+        }
+    }
+    for name in list(&["netns", "list"]).lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name.strip_prefix("ringbench-").and_then(|r| r.split('-').next()) else { continue };
+        if gone(pid) && ip(&["netns", "del", name]).is_ok() {
+            eprintln!("ringbench matrix: removed namespace {name}, left by an earlier sweep (process {pid} is gone)");
         }
     }
 }
