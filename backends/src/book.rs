@@ -144,6 +144,11 @@ pub struct ThreadStats {
     /// io_uring only: loop turns that found the CQ ring full (the kernel held completions
     /// back until the next wait; none are lost).
     pub cq_overflow: u64,
+    /// io_uring only: buffers a receive bundle carried beyond its first (how much bundles
+    /// saved: one completion each).
+    pub bundle_extra_buffers: u64,
+    /// io_uring only: zero-copy sends, counted at their notification.
+    pub zc_notifications: u64,
 }
 
 impl ThreadStats {
@@ -158,6 +163,8 @@ impl ThreadStats {
         self.cqes_reaped += o.cqes_reaped;
         self.bufring_empty += o.bufring_empty;
         self.cq_overflow += o.cq_overflow;
+        self.bundle_extra_buffers += o.bundle_extra_buffers;
+        self.zc_notifications += o.zc_notifications;
     }
 }
 

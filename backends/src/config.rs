@@ -42,6 +42,18 @@ pub struct UringOptions {
     /// One vectored send (`sendmsg`) carries several queued receive buffers.
     #[serde(default = "yes")]
     pub sendvec: bool,
+    /// Receive bundles (Linux 6.10+): one multishot completion carries every buffer the
+    /// data that arrived filled, not one completion per buffer.
+    #[serde(default)]
+    pub bundle: bool,
+    /// Zero-copy sends (`SEND_ZC`/`SENDMSG_ZC`) for sends of at least this many bytes;
+    /// `None`: never. Off by default: loopback copies the pages anyway (see the README).
+    #[serde(default)]
+    pub zc_min_bytes: Option<u32>,
+    /// Zero-copy sends name the buffer ring's memory as a registered buffer, so the kernel
+    /// need not pin its pages on every send.
+    #[serde(default)]
+    pub regbuf: bool,
     /// Provided buffers per worker (a power of two, at most 32768).
     pub buffers: u16,
     /// Bytes per provided buffer (and per connection without a buffer ring).
@@ -64,6 +76,9 @@ impl Default for UringOptions {
             defer_taskrun: true,
             sqpoll: false,
             sendvec: true,
+            bundle: false,
+            zc_min_bytes: None,
+            regbuf: false,
             buffers: DEFAULT_URING_BUFFERS,
             buffer_size: DEFAULT_URING_BUFFER_SIZE_BYTES,
             cq_entries: DEFAULT_URING_CQ_ENTRIES,
@@ -181,6 +196,33 @@ pub const SWITCHES: &[Switch] = &[
         flag: Some("uring-no-sendvec"),
         help: "io_uring: one send per received buffer instead of one vectored send for all queued",
         apply: |c| c.uring.sendvec = false,
+    },
+    Switch {
+        name: "bundle",
+        backend: Some("uring"),
+        flag: Some("uring-bundle"),
+        help: "io_uring: receive bundles, one completion for every buffer an arrival filled (Linux 6.10+)",
+        apply: |c| c.uring.bundle = true,
+    },
+    Switch {
+        name: "zc",
+        backend: Some("uring"),
+        flag: Some("uring-zc"),
+        help: "io_uring: every send zero-copy (SEND_ZC); --uring-zc-min-bytes sets a threshold",
+        apply: |c| {
+            c.uring.zc_min_bytes.get_or_insert(0);
+        },
+    },
+    Switch {
+        name: "regbuf",
+        backend: Some("uring"),
+        flag: Some("uring-regbuf"),
+        help: "io_uring: zero-copy sends from the buffer ring registered as a fixed buffer (implies \
+               --uring-zc unless a threshold is set)",
+        apply: |c| {
+            c.uring.zc_min_bytes.get_or_insert(0);
+            c.uring.regbuf = true;
+        },
     },
     Switch {
         name: "sqpoll",

@@ -98,6 +98,10 @@ pub struct ServerSummary {
     pub cqes_reaped: u64,
     pub bufring_empty: u64,
     pub cq_overflow: u64,
+    #[serde(default)]
+    pub bundle_extra_buffers: u64,
+    #[serde(default)]
+    pub zc_notifications: u64,
     pub nofile_soft: u64,
     pub nofile_hard: u64,
     /// What the server reported while running (each kind once per episode).
@@ -140,8 +144,14 @@ impl fmt::Display for ServerSummary {
         if self.sqes_submitted > 0 {
             writeln!(
                 f,
-                "  io_uring           {} SQEs submitted, {} CQEs reaped, buffer ring empty {}x, CQ overflow {}",
-                self.sqes_submitted, self.cqes_reaped, self.bufring_empty, self.cq_overflow
+                "  io_uring           {} SQEs submitted, {} CQEs reaped, buffer ring empty {}x, CQ overflow {}, \
+                 {} buffers in bundles past the first, {} zero-copy notifications",
+                self.sqes_submitted,
+                self.cqes_reaped,
+                self.bufring_empty,
+                self.cq_overflow,
+                self.bundle_extra_buffers,
+                self.zc_notifications
             )?;
         }
         if !self.features.is_empty() {
@@ -292,6 +302,8 @@ fn serve(
         cqes_reaped: total.cqes_reaped,
         bufring_empty: total.bufring_empty,
         cq_overflow: total.cq_overflow,
+        bundle_extra_buffers: total.bundle_extra_buffers,
+        zc_notifications: total.zc_notifications,
         nofile_soft,
         nofile_hard,
         notices,

@@ -123,6 +123,10 @@ struct ServerArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_URING_CQ_ENTRIES,
           value_parser = clap::value_parser!(u32).range(2..=1_048_576))]
     uring_cq_entries: u32,
+    /// io_uring: zero-copy sends for sends of at least this many bytes (0: every send;
+    /// `--uring-zc` without it is 0).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32))]
+    uring_zc_min_bytes: Option<u32>,
 }
 
 /// The flags of the feature switches that have one (`--uring-no-bufring`, `--sqpoll`),
@@ -355,6 +359,7 @@ impl ServerArgs {
         cfg.uring.buffers = self.uring_buffers;
         cfg.uring.buffer_size = self.uring_buffer_size;
         cfg.uring.cq_entries = self.uring_cq_entries;
+        cfg.uring.zc_min_bytes = self.uring_zc_min_bytes;
         self.backend.apply(&mut cfg);
         for s in &self.switches.0 {
             (s.apply)(&mut cfg);

@@ -34,6 +34,11 @@ struct Inner {
     out: Cell<u16>,
     /// Buffers went back since the last publish.
     dirty: Cell<bool>,
+    /// Which buffer each ring entry holds, and which entry each buffer was last put in:
+    /// a receive bundle names only its first buffer, and the rest are the entries after
+    /// it, which hold whatever buffers went back in that order.
+    entry_bid: Box<[Cell<u16>]>,
+    bid_entry: Box<[Cell<u16>]>,
 }
 
 /// A worker's provided-buffer ring.
@@ -70,6 +75,8 @@ impl BufRing {
             // Every buffer starts "out" and is handed to the kernel by the loop below.
             out: Cell::new(count),
             dirty: Cell::new(false),
+            entry_bid: (0..count).map(|_| Cell::new(0)).collect(),
+            bid_entry: (0..count).map(|_| Cell::new(0)).collect(),
         };
         // SAFETY: `entries` is page-aligned, zeroed, `count` entries long, and lives until
         // `Inner` drops, which happens only after the group is unregistered or the ring is
@@ -89,6 +96,27 @@ impl BufRing {
         debug_assert!(out < self.0.count, "buffer {bid} handed out while all {out} were out");
         self.0.out.set(out + 1);
         RingBuf { bid, ring: Rc::clone(&self.0) }
+    }
+
+    /// A bundle completion handed us `n` buffers, starting with `first`: the buffers of
+    /// the `n` ring entries from the one `first` was put in.
+    pub fn take_bundle(&self, first: u16, n: usize, out: &mut Vec<RingBuf>) {
+        let inner = &self.0;
+        let start = inner.bid_entry[usize::from(first & inner.mask)].get();
+        for i in 0..n {
+            let entry = start.wrapping_add(i as u16) & inner.mask;
+            out.push(self.take(inner.entry_bid[usize::from(entry)].get()));
+        }
+    }
+
+    /// Bytes per buffer.
+    pub fn buffer_size(&self) -> usize {
+        self.0.size
+    }
+
+    /// The memory every buffer lies in, for registering it as one fixed buffer.
+    pub fn region(&self) -> libc::iovec {
+        libc::iovec { iov_base: self.0.pool.as_ptr().cast_mut().cast(), iov_len: self.0.pool.len() }
     }
 
     /// Buffers the kernel can pick from (once published).
@@ -132,6 +160,9 @@ impl Inner {
     /// Puts buffer `bid` back at the tail (visible after the next publish).
     fn recycle(&self, bid: u16) {
         let tail = self.tail.get();
+        let entry = tail & self.mask;
+        self.entry_bid[usize::from(entry)].set(bid);
+        self.bid_entry[usize::from(bid & self.mask)].set(entry);
         // SAFETY: `tail & mask` indexes inside the `mask + 1` entries we allocated, and the
         // kernel only reads entries between its head and the published tail, never this one.
         let e = unsafe { &mut *self.entries.as_ptr().add(usize::from(tail & self.mask)) };

@@ -12,11 +12,17 @@
 //!   cancelled, and it is re-armed only below [`PENDING_LOW_BYTES`] (with per-connection
 //!   buffers, only once the queue is empty: the one buffer is in the queue);
 //! - a connection is finished only when nothing of its is in flight, so its buffers
-//!   outlive every request that points into them.
+//!   outlive every request that points into them;
+//! - a zero-copy send's buffers are held until the kernel's notification says it has let
+//!   go of them, which comes after the send's own completion. Each zero-copy send has its
+//!   own tag ([`ZC_TAG`] with a sequence number), so a notification frees the buffers of
+//!   the send it names, in whatever order notifications come; a chunk sent in part is
+//!   shared between the sends that carry its halves.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::time::Instant;
 
 use io_uring::opcode;
@@ -37,6 +43,19 @@ pub const PENDING_HIGH_BYTES: usize = 64 * 1024;
 pub const PENDING_LOW_BYTES: usize = 16 * 1024;
 /// Chunks one vectored send carries at most: [`PENDING_HIGH_BYTES`] of 4 KiB buffers.
 pub const SEND_IOV_MAX: usize = 16;
+
+/// A zero-copy send's tag: this bit pattern in the top two bits, its sequence number in
+/// the low six (so it never looks like [`Op`] or the doorbell).
+pub const ZC_TAG: u8 = 0x40;
+const ZC_SEQS: u8 = 64;
+/// Zero-copy sends of one connection whose notification is still due, at most: the next
+/// send waits for one (half the sequence space, so a number is never reused while due).
+const ZC_HELD_MAX: usize = 32;
+
+/// The sequence number of a zero-copy send's tag.
+pub fn zc_seq(tag: u8) -> Option<u8> {
+    (tag & 0xC0 == ZC_TAG).then_some(tag & (ZC_SEQS - 1))
+}
 
 /// The worker's operations, as `user_data` tags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,9 +93,11 @@ pub enum Recv {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sending {
     Idle,
-    /// A send is in flight carrying the first `chunks` chunks of the queue.
+    /// A send is in flight carrying the first `chunks` chunks of the queue; `zc`: a
+    /// zero-copy one, with its sequence number.
     Flying {
         chunks: u16,
+        zc: Option<u8>,
     },
 }
 
@@ -85,7 +106,7 @@ impl Sending {
     fn chunks(self) -> usize {
         match self {
             Sending::Idle => 0,
-            Sending::Flying { chunks } => usize::from(chunks),
+            Sending::Flying { chunks, .. } => usize::from(chunks),
         }
     }
 }
@@ -117,8 +138,25 @@ pub enum Phase {
 enum Buf {
     /// A provided buffer, returned to the ring when the chunk is dropped.
     Ring(RingBuf),
+    /// A provided buffer that zero-copy sends still hold besides the queue (sent in
+    /// part); returned when the last holder drops it.
+    Shared(Rc<RingBuf>),
     /// The connection's own buffer (no buffer ring).
     Own,
+}
+
+impl Buf {
+    /// A second handle on this buffer, for a zero-copy send that carried part of it.
+    fn share(&mut self) -> Option<Buf> {
+        if let Buf::Ring(_) = self {
+            let Buf::Ring(b) = std::mem::replace(self, Buf::Own) else { return None };
+            *self = Buf::Shared(Rc::new(b));
+        }
+        match self {
+            Buf::Shared(rc) => Some(Buf::Shared(Rc::clone(rc))),
+            _ => None,
+        }
+    }
 }
 
 /// Echo bytes waiting to be sent: `buf[off..len]`.
@@ -136,6 +174,12 @@ pub struct Io<'a, 'r> {
     pub multishot: bool,
     /// Send several queued chunks in one vectored send.
     pub sendvec: bool,
+    /// Receive bundles.
+    pub bundle: bool,
+    /// Zero-copy sends from this many bytes on.
+    pub zc_min_bytes: Option<u32>,
+    /// The buffer ring's memory is registered buffer 0.
+    pub fixed: bool,
     pub buffer_size: usize,
     pub now: Instant,
 }
@@ -154,6 +198,9 @@ pub struct UConn {
     send: Sending,
     /// The vectored send's message, once one was needed.
     vec: Option<Box<SendVec>>,
+    /// Buffers of zero-copy sends whose notification is due, by sequence number.
+    zc_held: VecDeque<(u8, Vec<Buf>)>,
+    zc_next: u8,
     phase: Phase,
 }
 
@@ -176,13 +223,15 @@ impl UConn {
             recv: Recv::Idle,
             send: Sending::Idle,
             vec: None,
+            zc_held: VecDeque::new(),
+            zc_next: 0,
             phase: Phase::Open,
         }
     }
 
     /// Something of this connection's is in flight (the kernel may touch its buffers).
     pub fn in_flight(&self) -> bool {
-        matches!(self.recv, Recv::Armed | Recv::Cancelling) || self.send != Sending::Idle
+        matches!(self.recv, Recv::Armed | Recv::Cancelling) || self.send != Sending::Idle || !self.zc_held.is_empty()
     }
 
     pub fn is_open(&self) -> bool {
@@ -197,7 +246,9 @@ impl UConn {
     /// connection's own buffer.
     pub fn arm_recv(&mut self, io: &mut Io<'_, '_>) {
         let fd = types::Fd(self.raw);
-        let e = if io.multishot {
+        let e = if io.multishot && io.bundle {
+            opcode::RecvMultiBundle::new(fd, BUF_GROUP).build()
+        } else if io.multishot {
             opcode::RecvMulti::new(fd, BUF_GROUP).build()
         } else if io.bufs.is_some() {
             opcode::Recv::new(fd, std::ptr::null_mut(), io.buffer_size as u32)
@@ -216,6 +267,7 @@ impl UConn {
     fn unsent(&self, ch: &Chunk) -> Option<*const u8> {
         let base = match &ch.buf {
             Buf::Ring(b) => b.ptr(),
+            Buf::Shared(b) => b.ptr(),
             Buf::Own => self.own.as_ref()?.as_ptr(),
         };
         // SAFETY: `off < len <= buffer size`, so the pointer stays inside the buffer.
@@ -223,53 +275,84 @@ impl UConn {
     }
 
     /// Sends the front of the queue (from where a short send stopped): the front chunk,
-    /// or with vectored sends up to [`SEND_IOV_MAX`] chunks in one `sendmsg`.
+    /// or with vectored sends up to [`SEND_IOV_MAX`] chunks in one `sendmsg` — zero-copy
+    /// if it is large enough and zero-copy sends are on.
     fn send_front(&mut self, io: &mut Io<'_, '_>) {
         let n = if io.sendvec { self.queue.len().min(SEND_IOV_MAX) } else { self.queue.len().min(1) };
-        let e = match n {
-            0 => return,
-            1 => {
-                let Some(ch) = self.queue.front() else { return };
+        if n == 0 {
+            return;
+        }
+        let bytes: usize = self.queue.iter().take(n).map(|ch| (ch.len - ch.off) as usize).sum();
+        let zc = io.zc_min_bytes.is_some_and(|min| bytes >= min as usize);
+        if zc && self.zc_held.len() >= ZC_HELD_MAX {
+            // Resumed by the next notification (`on_notif`).
+            return;
+        }
+        // Registered buffer 0 is the buffer ring's memory, where every chunk lies.
+        let fixed = (zc && io.fixed).then_some(0);
+        let fd = types::Fd(self.raw);
+        let e = if n == 1 {
+            let Some(ch) = self.queue.front() else { return };
+            let Some(ptr) = self.unsent(ch) else { return };
+            let len = ch.len - ch.off;
+            if zc {
+                opcode::SendZc::new(fd, ptr, len).buf_index(fixed).build()
+            } else {
+                opcode::Send::new(fd, ptr, len).build()
+            }
+        } else {
+            let mut v = self.vec.take().unwrap_or_else(SendVec::new);
+            for (slot, ch) in v.iov.iter_mut().zip(self.queue.iter().take(n)) {
                 let Some(ptr) = self.unsent(ch) else { return };
-                opcode::Send::new(types::Fd(self.raw), ptr, ch.len - ch.off).build()
+                *slot = libc::iovec { iov_base: ptr.cast_mut().cast(), iov_len: (ch.len - ch.off) as usize };
             }
-            _ => {
-                let mut v = self.vec.take().unwrap_or_else(SendVec::new);
-                for (slot, ch) in v.iov.iter_mut().zip(self.queue.iter().take(n)) {
-                    let Some(ptr) = self.unsent(ch) else { return };
-                    *slot = libc::iovec { iov_base: ptr.cast_mut().cast(), iov_len: (ch.len - ch.off) as usize };
-                }
-                v.msg.msg_iov = v.iov.as_mut_ptr();
-                v.msg.msg_iovlen = n;
-                let e = opcode::SendMsg::new(types::Fd(self.raw), &v.msg).build();
-                // The box stays in the connection until the send completes (see `abandon`).
-                self.vec = Some(v);
-                e
-            }
+            v.msg.msg_iov = v.iov.as_mut_ptr();
+            v.msg.msg_iovlen = n;
+            let e = if zc {
+                opcode::SendMsgZc::new(fd, &v.msg).buf_index(fixed).build()
+            } else {
+                opcode::SendMsg::new(fd, &v.msg).build()
+            };
+            // The box stays in the connection until the send completes (see `abandon`).
+            self.vec = Some(v);
+            e
         };
-        self.send = Sending::Flying { chunks: n as u16 };
-        self.push(io, e, Op::Send);
+        let seq = zc.then(|| {
+            let seq = self.zc_next;
+            self.zc_next = (seq + 1) % ZC_SEQS;
+            seq
+        });
+        self.send = Sending::Flying { chunks: n as u16, zc: seq };
+        let tag = seq.map_or(Op::Send as u8, |q| ZC_TAG | q);
+        io.ring.push(e, tag, self.key, io.stats);
     }
 
     /// `n` bytes from the front of the queue left: the chunks they covered go (their
-    /// buffers back to the ring), a chunk sent in part keeps its rest.
-    fn consume(&mut self, mut n: usize) {
+    /// buffers back to the ring, or into `hold` for a zero-copy send's notification), a
+    /// chunk sent in part keeps its rest (and `hold` shares it).
+    fn consume(&mut self, mut n: usize, mut hold: Option<&mut Vec<Buf>>) {
         self.queued_bytes -= n.min(self.queued_bytes);
         while n > 0 {
             let Some(front) = self.queue.front_mut() else { return };
             let left = (front.len - front.off) as usize;
             if n < left {
                 front.off += n as u32;
+                if let Some(h) = hold {
+                    h.extend(front.buf.share());
+                }
                 return;
             }
             n -= left;
-            self.queue.pop_front();
+            if let (Some(ch), Some(h)) = (self.queue.pop_front(), hold.as_deref_mut()) {
+                h.push(ch.buf);
+            }
         }
     }
 
-    /// A receive completed, with `buf` if the kernel picked one. Returns true when the
-    /// receive ended for want of buffers (the worker re-arms it as buffers come back).
-    pub fn on_recv(&mut self, cqe: &Cqe, buf: Option<RingBuf>, io: &mut Io<'_, '_>) -> bool {
+    /// A receive completed, with the buffers the kernel filled in `bufs` (several for a
+    /// bundle, none without a buffer ring); takes them all. Returns true when the receive
+    /// ended for want of buffers (the worker re-arms it as buffers come back).
+    pub fn on_recv(&mut self, cqe: &Cqe, bufs: &mut Vec<RingBuf>, io: &mut Io<'_, '_>) -> bool {
         if !cqe.more() {
             self.recv = Recv::Idle;
         }
@@ -277,11 +360,12 @@ impl UConn {
             let n = cqe.res as usize;
             self.meter.on_read(n, io.now);
             if self.is_open() {
-                self.queue_echo(buf, n, io);
+                self.queue_echo(bufs, n, io);
             }
+            bufs.clear();
             return false;
         }
-        drop(buf);
+        bufs.clear();
         match -cqe.res {
             0 => self.recv = Recv::Eof,
             libc::ENOBUFS => {
@@ -295,8 +379,18 @@ impl UConn {
         false
     }
 
-    fn queue_echo(&mut self, buf: Option<RingBuf>, n: usize, io: &mut Io<'_, '_>) {
-        self.queue.push_back(Chunk { buf: buf.map_or(Buf::Own, Buf::Ring), off: 0, len: n as u32 });
+    fn queue_echo(&mut self, bufs: &mut Vec<RingBuf>, n: usize, io: &mut Io<'_, '_>) {
+        if bufs.is_empty() {
+            self.queue.push_back(Chunk { buf: Buf::Own, off: 0, len: n as u32 });
+        } else {
+            // A bundle fills its buffers in order, each to the full size but the last.
+            let mut left = n;
+            for b in bufs.drain(..) {
+                let len = left.min(io.buffer_size);
+                left -= len;
+                self.queue.push_back(Chunk { buf: Buf::Ring(b), off: 0, len: len as u32 });
+            }
+        }
         self.queued_bytes += n;
         if self.send == Sending::Idle {
             self.send_front(io);
@@ -308,12 +402,24 @@ impl UConn {
         }
     }
 
-    /// The send in flight completed with `res`.
-    pub fn on_send(&mut self, res: i32, io: &mut Io<'_, '_>) {
-        let flown = std::mem::replace(&mut self.send, Sending::Idle).chunks();
+    /// The send in flight completed with `res`; `more`: a zero-copy notification follows.
+    pub fn on_send(&mut self, res: i32, more: bool, io: &mut Io<'_, '_>) {
+        let flying = std::mem::replace(&mut self.send, Sending::Idle);
+        let flown = flying.chunks();
+        let hold = match flying {
+            Sending::Flying { zc: Some(seq), .. } if more => Some(seq),
+            _ => None,
+        };
+        if !self.is_open() || res <= 0 {
+            // Closing or failed: the chunks that were in flight were kept until now; they
+            // go, or wait for the notification.
+            let bufs: Vec<Buf> = self.queue.drain(..flown.min(self.queue.len())).map(|ch| ch.buf).collect();
+            self.queued_bytes = self.queue.iter().map(|ch| (ch.len - ch.off) as usize).sum();
+            if let Some(seq) = hold {
+                self.zc_held.push_back((seq, bufs));
+            }
+        }
         if !self.is_open() {
-            // Closing: the chunks that were in flight were kept until now.
-            self.queue.drain(..flown.min(self.queue.len()));
             return;
         }
         if res <= 0 {
@@ -326,9 +432,28 @@ impl UConn {
             return;
         }
         self.meter.touch(io.now);
-        self.consume(res as usize);
+        match hold {
+            Some(seq) => {
+                let mut bufs = Vec::new();
+                self.consume(res as usize, Some(&mut bufs));
+                self.zc_held.push_back((seq, bufs));
+            }
+            None => self.consume(res as usize, None),
+        }
         // The rest of a short send, or the next chunks: always in order, one send at a time.
         self.send_front(io);
+    }
+
+    /// The kernel let go of zero-copy send `seq`'s buffers: they go back. A send that
+    /// waited for room among the held ones goes now.
+    pub fn on_notif(&mut self, seq: u8, io: &mut Io<'_, '_>) {
+        io.stats.zc_notifications += 1;
+        if let Some(i) = self.zc_held.iter().position(|(s, _)| *s == seq) {
+            self.zc_held.remove(i);
+        }
+        if self.is_open() && self.send == Sending::Idle {
+            self.send_front(io);
+        }
     }
 
     /// Decides what the connection needs after any completion: `Some(reason)` when it is
@@ -342,8 +467,12 @@ impl UConn {
         match self.phase {
             Phase::Closing(reason) => (!self.in_flight()).then_some(reason),
             Phase::Open => {
-                let drained =
-                    if io.bufs.is_some() { self.queued_bytes <= PENDING_LOW_BYTES } else { self.queue.is_empty() };
+                // The one own buffer is free once nothing queued or held points into it.
+                let drained = if io.bufs.is_some() {
+                    self.queued_bytes <= PENDING_LOW_BYTES
+                } else {
+                    self.queue.is_empty() && self.zc_held.is_empty()
+                };
                 if self.recv == Recv::Idle && drained {
                     self.arm_recv(io);
                 }
@@ -422,6 +551,7 @@ impl UConn {
         std::mem::forget(self.own.take());
         std::mem::forget(std::mem::take(&mut self.queue));
         std::mem::forget(self.vec.take());
+        std::mem::forget(std::mem::take(&mut self.zc_held));
         self.fd.take()
     }
 }

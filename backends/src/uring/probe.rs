@@ -36,6 +36,12 @@ pub struct Features {
     pub registered_ring_fd: bool,
     /// Vectored sends of several queued buffers (only a buffer ring queues several).
     pub sendvec: bool,
+    /// Receive bundles: a multishot completion may carry several buffers.
+    pub bundle: bool,
+    /// Zero-copy sends for sends of at least this many bytes.
+    pub zc_min_bytes: Option<u32>,
+    /// Zero-copy sends name the buffer ring's memory as registered buffer 0.
+    pub regbuf: bool,
 }
 
 fn unavailable(e: io::Error) -> io::Error {
@@ -131,6 +137,23 @@ impl Features {
             sqpoll,
             registered_ring_fd: kernel >= (5, 18),
             sendvec: opts.sendvec && bufring && probe.is_supported(opcode::SendMsg::CODE),
+            bundle: opts.bundle
+                && bufring
+                && opts.multishot
+                && kernel >= (6, 0)
+                && ring.params().is_feature_recvsend_bundle(),
+            zc_min_bytes: opts
+                .zc_min_bytes
+                .filter(|_| probe.is_supported(opcode::SendZc::CODE) && probe.is_supported(opcode::SendMsgZc::CODE)),
+            // A vectored zero-copy send from a registered buffer needs Linux 6.15.
+            regbuf: opts.regbuf && opts.zc_min_bytes.is_some() && bufring && kernel >= (6, 15) && {
+                let mem = [0u8; 64];
+                let iov = [libc::iovec { iov_base: mem.as_ptr().cast_mut().cast(), iov_len: mem.len() }];
+                // SAFETY: `mem` outlives the registration, which is undone before it goes;
+                // no request ever names the buffer.
+                let ok = unsafe { ring.submitter().register_buffers(&iov) }.is_ok();
+                ok && ring.submitter().unregister_buffers().is_ok()
+            },
         };
         // The flags were probed one by one; make sure the combination is accepted too.
         feat.build_ring(8, 16)?;
@@ -191,6 +214,9 @@ impl Features {
             ("min_wait".into(), on(self.min_wait)),
             ("sqpoll".into(), on(self.sqpoll)),
             ("sendvec".into(), on(self.sendvec)),
+            ("bundle".into(), on(self.bundle)),
+            ("zc".into(), self.zc_min_bytes.map_or_else(|| "off".into(), |b| format!(">={b}B"))),
+            ("regbuf".into(), on(self.regbuf)),
         ]
     }
 }
@@ -199,9 +225,32 @@ impl Features {
 mod tests {
     use super::*;
 
-    fn sendvec(opts: &UringOptions) -> String {
+    fn feature(opts: &UringOptions, name: &str) -> String {
         let feat = Features::probe(opts).expect("io_uring on the test machine");
-        feat.describe().into_iter().find(|(k, _)| k == "sendvec").map(|(_, v)| v).unwrap_or_default()
+        feat.describe().into_iter().find(|(k, _)| k == name).map(|(_, v)| v).unwrap_or_default()
+    }
+
+    fn sendvec(opts: &UringOptions) -> String {
+        feature(opts, "sendvec")
+    }
+
+    /// Bundles, zero-copy sends and registered buffers are off by default and on with
+    /// their switches on this kernel (6.18); each needs what it is built on.
+    #[test]
+    fn optional_features_follow_their_switches() {
+        let full = UringOptions::default();
+        for name in ["bundle", "regbuf"] {
+            assert_eq!(feature(&full, name), "off", "{name}");
+        }
+        assert_eq!(feature(&full, "zc"), "off");
+        let all = UringOptions { bundle: true, zc_min_bytes: Some(4096), regbuf: true, ..full.clone() };
+        assert_eq!(feature(&all, "bundle"), "on");
+        assert_eq!(feature(&all, "zc"), ">=4096B");
+        assert_eq!(feature(&all, "regbuf"), "on");
+        let no_ring = UringOptions { bufring: false, ..all.clone() };
+        assert_eq!(feature(&no_ring, "bundle"), "off", "bundles select from the buffer ring");
+        assert_eq!(feature(&no_ring, "regbuf"), "off", "the registered buffer is the buffer ring");
+        assert_eq!(feature(&UringOptions { zc_min_bytes: None, ..all }, "regbuf"), "off", "only zc sends use it");
     }
 
     /// Vectored sends are on by default wherever the buffer ring is, and each switch that

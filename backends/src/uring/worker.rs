@@ -7,12 +7,13 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use io_uring::opcode;
 use io_uring::types;
 use io_uring::IoUring;
+use io_uring::{cqueue, opcode};
 
+use super::buf_ring::RingBuf;
 use super::buf_ring::{BufRing, BUF_GROUP};
-use super::conn::{Io, Op, UConn};
+use super::conn::{zc_seq, Io, Op, UConn};
 use super::probe::Features;
 use super::ring::{Cqe, Ring};
 use super::user_data;
@@ -35,6 +36,8 @@ const STOP_TURN: Duration = Duration::from_millis(50);
 pub struct Setup {
     ring: IoUring,
     bufs: Option<BufRing>,
+    /// The buffer ring's memory is registered buffer 0 (for zero-copy sends).
+    fixed: bool,
     stats_registers: u64,
 }
 
@@ -54,7 +57,16 @@ pub fn setup(feat: &Features) -> io::Result<(Setup, OwnedFd)> {
     } else {
         None
     };
-    Ok((Setup { ring, stats_registers: u64::from(bufs.is_some()), bufs }, target))
+    let fixed = match &bufs {
+        // SAFETY: the region is the buffer ring's memory, which lives until the worker
+        // ends; it is unregistered there before the memory is freed, or leaked with it.
+        Some(b) if feat.regbuf => unsafe { ring.submitter().register_buffers(&[b.region()]) }
+            .map(|()| true)
+            .map_err(|e| io::Error::new(e.kind(), format!("registering the buffer ring as a fixed buffer: {e}")))?,
+        _ => false,
+    };
+    let stats_registers = u64::from(bufs.is_some()) + u64::from(fixed);
+    Ok((Setup { ring, stats_registers, bufs, fixed }, target))
 }
 
 /// Where the worker is in its life.
@@ -72,6 +84,9 @@ struct Worker<'a, 'r> {
     inbox: &'a Inbox,
     conns: ConnTable<UConn>,
     bufs: Option<BufRing>,
+    fixed: bool,
+    /// Buffers a receive completion handed over, on their way to its connection.
+    taken: Vec<RingBuf>,
     /// Connections whose receive ended for want of buffers, oldest first.
     starved: VecDeque<Key>,
     book: ThreadBook,
@@ -88,7 +103,7 @@ pub fn run(
     inbox: &Inbox,
     mut book: ThreadBook,
 ) -> io::Result<ThreadBook> {
-    let Setup { mut ring, bufs, stats_registers } = setup;
+    let Setup { mut ring, bufs, fixed, stats_registers } = setup;
     for _ in 0..stats_registers {
         book.stats.syscalls.count(Sys::IoUringRegister);
     }
@@ -100,6 +115,8 @@ pub fn run(
         inbox,
         conns: ConnTable::default(),
         bufs,
+        fixed,
+        taken: Vec::new(),
         starved: VecDeque::new(),
         book,
         now: Instant::now(),
@@ -118,6 +135,9 @@ impl<'r> Worker<'_, 'r> {
             bufs: self.bufs.as_ref(),
             multishot: self.feat.multishot_recv,
             sendvec: self.feat.sendvec,
+            bundle: self.feat.bundle,
+            zc_min_bytes: self.feat.zc_min_bytes,
+            fixed: self.fixed,
             buffer_size: self.feat.buffer_size,
             now: self.now,
         };
@@ -203,9 +223,18 @@ impl<'r> Worker<'_, 'r> {
         if cqe.tag == user_data::WAKE {
             return Ok(true);
         }
+        if let Some(seq) = zc_seq(cqe.tag) {
+            // A zero-copy send: its result, then (if that said more) its notification.
+            if cqueue::notif(cqe.flags) {
+                self.with_conn(cqe.key, |c, io| c.on_notif(seq, io));
+            } else {
+                self.with_conn(cqe.key, |c, io| c.on_send(cqe.res, cqe.more(), io));
+            }
+            return Ok(false);
+        }
         match Op::from_tag(cqe.tag) {
             Some(Op::Recv) => self.on_recv(cqe),
-            Some(Op::Send) => self.with_conn(cqe.key, |c, io| c.on_send(cqe.res, io)),
+            Some(Op::Send) => self.with_conn(cqe.key, |c, io| c.on_send(cqe.res, false, io)),
             Some(Op::Cancel | Op::Close) => {}
             Some(Op::Stop) => self.begin_stop(),
             None => return Err(io::Error::other(format!("a completion with an unknown tag {:#x}: {cqe:?}", cqe.tag))),
@@ -216,12 +245,18 @@ impl<'r> Worker<'_, 'r> {
     fn on_recv(&mut self, cqe: &Cqe) {
         // The buffer is ours from here on, whatever became of its connection: if the
         // connection is gone, dropping the handle returns it.
-        let buf = match (cqe.buffer(), &self.bufs) {
-            (Some(bid), Some(b)) => Some(b.take(bid)),
-            _ => None,
-        };
+        let mut taken = std::mem::take(&mut self.taken);
+        if let (Some(bid), Some(b)) = (cqe.buffer(), &self.bufs) {
+            // A bundle's data filled its buffers in ring order, each to the full size.
+            let n = if self.feat.bundle { (cqe.res.max(1) as usize).div_ceil(b.buffer_size()) } else { 1 };
+            b.take_bundle(bid, n, &mut taken);
+            self.book.stats.bundle_extra_buffers += n as u64 - 1;
+        }
         let mut starved = false;
-        self.with_conn(cqe.key, |c, io| starved = c.on_recv(cqe, buf, io));
+        self.with_conn(cqe.key, |c, io| starved = c.on_recv(cqe, &mut taken, io));
+        // A connection that is gone did not take them: dropping returns them to the ring.
+        taken.clear();
+        self.taken = taken;
         if starved {
             self.starved.push_back(cqe.key);
         }
@@ -301,6 +336,10 @@ impl<'r> Worker<'_, 'r> {
             if quiet {
                 self.book.stats.syscalls.count(Sys::IoUringRegister);
                 let _ = self.ring.sub.unregister_buf_ring(BUF_GROUP);
+                if self.fixed {
+                    self.book.stats.syscalls.count(Sys::IoUringRegister);
+                    let _ = self.ring.sub.unregister_buffers();
+                }
                 drop(b);
             } else {
                 // The kernel may still write into these buffers: never free them.
