@@ -43,7 +43,8 @@ pub struct UringOptions {
     #[serde(default = "yes")]
     pub sendvec: bool,
     /// Receive bundles (Linux 6.10+): one multishot completion carries every buffer the
-    /// data that arrived filled, not one completion per buffer.
+    /// data that arrived filled, not one completion per buffer. (Raw files written before
+    /// bundles existed had none.)
     #[serde(default)]
     pub bundle: bool,
     /// Zero-copy sends (`SEND_ZC`/`SENDMSG_ZC`) for sends of at least this many bytes;
@@ -76,7 +77,7 @@ impl Default for UringOptions {
             defer_taskrun: true,
             sqpoll: false,
             sendvec: true,
-            bundle: false,
+            bundle: true,
             zc_min_bytes: None,
             regbuf: false,
             buffers: DEFAULT_URING_BUFFERS,
@@ -100,6 +101,11 @@ pub struct ServerConfig {
     pub max_conns: Option<usize>,
     /// Event coalescing window in microseconds (see [`Coalesce`]); 0 turns it off.
     pub coalesce_us: u32,
+    /// `TCP_NODELAY` on every connection (set once, on the listening socket, which the
+    /// accepted ones inherit). Without it a reply sent in pieces waits out the client's
+    /// delayed ACK: 43 ms per 64 KiB request for io_uring, whose echo leaves in 4 KiB
+    /// buffers as they arrive.
+    pub nodelay: bool,
     pub uring: UringOptions,
     /// Threads backend: the most connection threads at once (beyond it, `rejected`).
     /// `None`: as many as the machine lets us create.
@@ -122,6 +128,7 @@ impl Default for ServerConfig {
             idle_timeout: None,
             max_conns: None,
             coalesce_us: DEFAULT_COALESCE_US,
+            nodelay: true,
             uring: UringOptions::default(),
             max_threads: None,
             notices: None,
@@ -198,11 +205,11 @@ pub const SWITCHES: &[Switch] = &[
         apply: |c| c.uring.sendvec = false,
     },
     Switch {
-        name: "bundle",
+        name: "no-bundle",
         backend: Some("uring"),
-        flag: Some("uring-bundle"),
-        help: "io_uring: receive bundles, one completion for every buffer an arrival filled (Linux 6.10+)",
-        apply: |c| c.uring.bundle = true,
+        flag: Some("uring-no-bundle"),
+        help: "io_uring: one receive completion per buffer instead of one bundle for every buffer an arrival filled",
+        apply: |c| c.uring.bundle = false,
     },
     Switch {
         name: "zc",
@@ -230,6 +237,13 @@ pub const SWITCHES: &[Switch] = &[
         flag: Some("sqpoll"),
         help: "io_uring: a kernel thread polls the submission queue (burns CPU while busy)",
         apply: |c| c.uring.sqpoll = true,
+    },
+    Switch {
+        name: "nagle",
+        backend: None,
+        flag: Some("nagle"),
+        help: "Nagle's algorithm left on: no TCP_NODELAY on the connections",
+        apply: |c| c.nodelay = false,
     },
     Switch {
         name: "no-coalesce",

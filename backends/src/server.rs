@@ -240,6 +240,10 @@ pub fn start(backend: &'static Registered, cfg: ServerConfig) -> io::Result<Serv
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let listener = OwnedFd::from(listener);
+    if cfg.nodelay {
+        // Accepted sockets inherit it: no syscall per connection, the same for every backend.
+        sys::setsockopt_int(listener.as_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    }
     sys::listen(listener.as_fd(), LISTEN_BACKLOG)?;
     let log = match &cfg.log {
         Some(p) => ConnLog::create(p)
@@ -248,6 +252,7 @@ pub fn start(backend: &'static Registered, cfg: ServerConfig) -> io::Result<Serv
     };
     let mut features: BTreeMap<String, String> = server.features().into_iter().collect();
     features.insert("listen_backlog".into(), LISTEN_BACKLOG.min(somaxconn()).to_string());
+    features.insert("tcp_nodelay".into(), if cfg.nodelay { "on" } else { "off" }.into());
     features.insert("coalesce_us".into(), cfg.coalesce_us.to_string());
     let shared = Arc::new(Shared::new(cfg, log)?);
     let limits = (nofile_soft, nofile_hard);

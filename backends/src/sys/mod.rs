@@ -404,3 +404,23 @@ pub fn set_affinity(cpus: &[usize]) -> io::Result<()> {
     cvt(unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// The server sets `TCP_NODELAY` once, on the listening socket: that only works if
+    /// accepted connections inherit it, which this checks on the running kernel.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        setsockopt_int(l.as_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1).unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (accepted, _) = l.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = std::net::TcpStream::connect(plain.local_addr().unwrap()).unwrap();
+        assert!(!plain.accept().unwrap().0.nodelay().unwrap(), "the check itself cannot tell");
+    }
+}

@@ -29,15 +29,16 @@
 //!   coalescing (see [`Coalesce`](crate::config::Coalesce)) is one call here: wait for `want`
 //!   completions with a `min_wait` timeout (Linux 6.12+), falling back to a plain timeout.
 //!
-//! - **Opt-in, measured off by default here** (see the README's feature table): receive
-//!   bundles (`--uring-bundle`: one completion for every buffer an arrival filled),
-//!   zero-copy sends (`--uring-zc`, `--uring-zc-min-bytes`: the buffers are held until the
+//! - **Bundles.** A multishot receive is a bundle (Linux 6.10+): one completion for every
+//!   buffer an arrival filled, so a 64 KiB request is one completion and one send, not
+//!   sixteen (`--uring-no-bundle`).
+//! - **Opt-in, measured off by default here** (see the README's feature table): zero-copy sends (`--uring-zc`, `--uring-zc-min-bytes`: the buffers are held until the
 //!   kernel's notification, which on TCP comes with the peer's ACK) and the buffer ring
 //!   registered as a fixed buffer for them (`--uring-regbuf`).
 //!
 //! Every feature is probed at start, falls back when missing, can be switched off
 //! (`--uring-no-multishot`, `--uring-no-bufring`, `--uring-no-defer-taskrun`,
-//! `--uring-no-sendvec`) or on, and is reported in the summary.
+//! `--uring-no-sendvec`, `--uring-no-bundle`) or on, and is reported in the summary.
 //!
 //! # Correctness rules
 //! - A connection's state, its queued buffers and its own buffer (without a buffer ring)

@@ -234,14 +234,15 @@ mod tests {
         feature(opts, "sendvec")
     }
 
-    /// Bundles, zero-copy sends and registered buffers are off by default and on with
-    /// their switches on this kernel (6.18); each needs what it is built on.
+    /// Bundles are on by default, zero-copy sends and registered buffers off, and each
+    /// follows its switch on this kernel (6.18) and needs what it is built on.
     #[test]
     fn optional_features_follow_their_switches() {
         let full = UringOptions::default();
-        for name in ["bundle", "regbuf"] {
-            assert_eq!(feature(&full, name), "off", "{name}");
-        }
+        assert_eq!(feature(&full, "bundle"), "on");
+        assert_eq!(feature(&UringOptions { bundle: false, ..full.clone() }, "bundle"), "off");
+        assert_eq!(feature(&UringOptions { multishot: false, ..full.clone() }, "bundle"), "off", "multishot only");
+        assert_eq!(feature(&full, "regbuf"), "off");
         assert_eq!(feature(&full, "zc"), "off");
         let all = UringOptions { bundle: true, zc_min_bytes: Some(4096), regbuf: true, ..full.clone() };
         assert_eq!(feature(&all, "bundle"), "on");
