@@ -26,7 +26,7 @@ fn assert_ok(r: &client::ClientReport) {
     assert!(r.ok(), "client run failed: {} errors, first: {first:?}", r.summary.errors);
 }
 
-backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_defer_taskrun, uring_no_sendvec, uring_no_bundle, uring_zc, uring_regbuf, uring_zc_regbuf, uring_sqpoll, threads] {
+backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_defer_taskrun, uring_no_sendvec, uring_bundle, uring_zc, uring_regbuf, uring_direct, uring_direct_zc_regbuf, uring_sqpoll, threads] {
     fn echoes_every_size_byte_exact(backend) {
         let srv = TestServer::start(backend);
         let mut expected_rows = 0;
@@ -372,11 +372,12 @@ impl Perf {
 }
 
 /// The io_uring variants the scarcity tests run, with the buffers each runs dry with: the
-/// default (with bundles, which take several buffers per completion), and every optional
-/// feature at once (zero-copy sends hold theirs until the peer's ACK frees the pages: that
-/// changes how a ring runs dry too). With 2 buffers the zero-copy one waits out a delayed ACK
+/// default, and the optional features that survive a dry ring, at once (zero-copy sends
+/// hold their buffers until the peer's ACK frees the pages: that changes how a ring runs
+/// dry). Bundles are left out: under this test a bundle receive armed on a dry ring was
+/// not completed when buffers came back (see the README), which is why they are opt-in. With 2 buffers the zero-copy one waits out a delayed ACK
 /// per buffer (85 s here); 32 still run dry 12,000 times in 3 s.
-const SCARCE_VARIANTS: [(&str, u16); 2] = [("uring", 2), ("uring-zc-regbuf", 32)];
+const SCARCE_VARIANTS: [(&str, u16); 2] = [("uring", 2), ("uring-direct-zc-regbuf", 32)];
 
 /// Runs 200 connections × 20 verified 3000-byte requests against one io_uring worker of
 /// `variant` starved of one resource by `tweak`, checks nothing was lost, and returns
@@ -417,7 +418,7 @@ fn uring_buffer_ring_exhaustion_loses_nothing() {
             u.buffer_size = 1024;
         });
         assert!(summary.bufring_empty > 0, "{v}: the ring never ran dry: the test did not test ENOBUFS");
-        {
+        if v.contains("-bundle") {
             // 3000-byte requests in 1024-byte buffers: every full receive is a bundle.
             assert!(summary.bundle_extra_buffers > 0, "{v}: no receive carried more than one buffer");
         }

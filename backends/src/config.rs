@@ -55,6 +55,10 @@ pub struct UringOptions {
     /// need not pin its pages on every send.
     #[serde(default)]
     pub regbuf: bool,
+    /// Connections move to direct descriptors (a slot of their worker ring's file table):
+    /// no descriptor lookup per request.
+    #[serde(default)]
+    pub direct: bool,
     /// Provided buffers per worker (a power of two, at most 32768).
     pub buffers: u16,
     /// Bytes per provided buffer (and per connection without a buffer ring).
@@ -77,9 +81,10 @@ impl Default for UringOptions {
             defer_taskrun: true,
             sqpoll: false,
             sendvec: true,
-            bundle: true,
+            bundle: false,
             zc_min_bytes: None,
             regbuf: false,
+            direct: false,
             buffers: DEFAULT_URING_BUFFERS,
             buffer_size: DEFAULT_URING_BUFFER_SIZE_BYTES,
             cq_entries: DEFAULT_URING_CQ_ENTRIES,
@@ -205,11 +210,19 @@ pub const SWITCHES: &[Switch] = &[
         apply: |c| c.uring.sendvec = false,
     },
     Switch {
-        name: "no-bundle",
+        name: "bundle",
         backend: Some("uring"),
-        flag: Some("uring-no-bundle"),
-        help: "io_uring: one receive completion per buffer instead of one bundle for every buffer an arrival filled",
-        apply: |c| c.uring.bundle = false,
+        flag: Some("uring-bundle"),
+        help: "io_uring: receive bundles, one completion for every buffer an arrival filled (Linux 6.10+; \
+               can stall when the buffer ring runs dry, see the README)",
+        apply: |c| c.uring.bundle = true,
+    },
+    Switch {
+        name: "direct",
+        backend: Some("uring"),
+        flag: Some("uring-direct"),
+        help: "io_uring: connections moved to direct descriptors in their worker ring's file table",
+        apply: |c| c.uring.direct = true,
     },
     Switch {
         name: "zc",

@@ -226,16 +226,34 @@ impl ServerProc {
         self.proc.cpu_s().unwrap()
     }
 
-    /// Connections the server holds open: its socket descriptors but the listener. Read
-    /// from its own descriptor table, which (unlike /proc/net/tcp, which other tests' sockets
-    /// churn) is exact.
+    /// Connections the server holds open: the sockets on its port that it has not closed
+    /// (established, or closed by the client only). Counted from the kernel's socket table,
+    /// not /proc/PID/fd, because a direct descriptor (a slot of io_uring's file table) has
+    /// no entry there. The table is read in pieces while other tests' sockets churn, so an
+    /// entry can be missed or seen twice: a count is taken only when two reads agree.
     pub fn established(&self) -> usize {
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) else { return 0 };
-        let sockets = dir
-            .flatten()
-            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
-            .count();
-        sockets.saturating_sub(1)
+        let port = format!(":{:04X}", self.addr.port());
+        let count = || {
+            let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return 0 };
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() > 3).then(|| (f[1].ends_with(&port), f[3] == "01" || f[3] == "08"))
+                })
+                .filter(|&(ours, open)| ours && open)
+                .count()
+        };
+        let mut last = count();
+        for _ in 0..10 {
+            let now = count();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
     }
 
     /// Connections the server has not closed yet (closed by the client or not).

@@ -21,15 +21,15 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Instant;
 
 use io_uring::opcode;
 use io_uring::squeue;
-use io_uring::types;
 
 use super::buf_ring::{BufRing, RingBuf, BUF_GROUP};
+use super::desc::{on_socket, Desc};
 use super::ring::{Cqe, Ring};
 use super::user_data;
 use crate::book::{CloseReason, ConnMeter, ThreadStats};
@@ -67,11 +67,13 @@ pub enum Op {
     Close = 4,
     /// The poll on the server's stop signal.
     Stop = 5,
+    /// Installing the connection's descriptor in the ring's file table.
+    Install = 6,
 }
 
 impl Op {
     pub fn from_tag(tag: u8) -> Option<Op> {
-        [Op::Recv, Op::Send, Op::Cancel, Op::Close, Op::Stop].into_iter().find(|o| *o as u8 == tag)
+        [Op::Recv, Op::Send, Op::Cancel, Op::Close, Op::Stop, Op::Install].into_iter().find(|o| *o as u8 == tag)
     }
 }
 
@@ -180,14 +182,15 @@ pub struct Io<'a, 'r> {
     pub zc_min_bytes: Option<u32>,
     /// The buffer ring's memory is registered buffer 0.
     pub fixed: bool,
+    /// Connections move to direct descriptors (the ring's file table has room).
+    pub direct: bool,
     pub buffer_size: usize,
     pub now: Instant,
 }
 
 pub struct UConn {
-    /// `None` once handed to the close request.
-    fd: Option<OwnedFd>,
-    raw: RawFd,
+    /// Its socket: a regular descriptor or a slot of the ring's file table.
+    desc: Desc,
     key: Key,
     meter: ConnMeter,
     /// Without a buffer ring: this connection's receive buffer.
@@ -211,10 +214,9 @@ impl Tracked for UConn {
 }
 
 impl UConn {
-    pub fn new(key: Key, fd: OwnedFd, raw: RawFd, meter: ConnMeter, own: Option<Box<[u8]>>) -> UConn {
+    pub fn new(key: Key, fd: OwnedFd, meter: ConnMeter, own: Option<Box<[u8]>>) -> UConn {
         UConn {
-            fd: Some(fd),
-            raw,
+            desc: Desc::Plain(fd),
             key,
             meter,
             own,
@@ -231,7 +233,27 @@ impl UConn {
 
     /// Something of this connection's is in flight (the kernel may touch its buffers).
     pub fn in_flight(&self) -> bool {
-        matches!(self.recv, Recv::Armed | Recv::Cancelling) || self.send != Sending::Idle || !self.zc_held.is_empty()
+        matches!(self.recv, Recv::Armed | Recv::Cancelling)
+            || self.send != Sending::Idle
+            || !self.zc_held.is_empty()
+            || self.desc.installing()
+    }
+
+    /// Moves the connection to a direct descriptor, if they are on (see [`Desc`]).
+    pub fn install(&mut self, io: &mut Io<'_, '_>) {
+        if io.direct {
+            if let Some(e) = self.desc.install() {
+                self.push(io, e, Op::Install);
+            }
+        }
+    }
+
+    /// The install completed: from now on requests name the slot; the regular descriptor
+    /// is closed through the ring.
+    pub fn on_install(&mut self, res: i32, io: &mut Io<'_, '_>) {
+        if let Some(e) = self.desc.installed(res) {
+            self.push(io, e, Op::Close);
+        }
     }
 
     pub fn is_open(&self) -> bool {
@@ -245,19 +267,21 @@ impl UConn {
     /// Arms a receive: multishot from the buffer ring, single-shot from it, or into the
     /// connection's own buffer.
     pub fn arm_recv(&mut self, io: &mut Io<'_, '_>) {
-        let fd = types::Fd(self.raw);
+        let target = self.desc.target();
         let e = if io.multishot && io.bundle {
-            opcode::RecvMultiBundle::new(fd, BUF_GROUP).build()
+            on_socket!(target, |fd| opcode::RecvMultiBundle::new(fd, BUF_GROUP).build())
         } else if io.multishot {
-            opcode::RecvMulti::new(fd, BUF_GROUP).build()
+            on_socket!(target, |fd| opcode::RecvMulti::new(fd, BUF_GROUP).build())
         } else if io.bufs.is_some() {
-            opcode::Recv::new(fd, std::ptr::null_mut(), io.buffer_size as u32)
+            let size = io.buffer_size as u32;
+            on_socket!(target, |fd| opcode::Recv::new(fd, std::ptr::null_mut(), size)
                 .buf_group(BUF_GROUP)
                 .build()
-                .flags(squeue::Flags::BUFFER_SELECT)
+                .flags(squeue::Flags::BUFFER_SELECT))
         } else {
             let Some(own) = self.own.as_mut() else { return };
-            opcode::Recv::new(fd, own.as_mut_ptr(), own.len() as u32).build()
+            let (ptr, len) = (own.as_mut_ptr(), own.len() as u32);
+            on_socket!(target, |fd| opcode::Recv::new(fd, ptr, len).build())
         };
         self.recv = Recv::Armed;
         self.push(io, e, Op::Recv);
@@ -290,15 +314,15 @@ impl UConn {
         }
         // Registered buffer 0 is the buffer ring's memory, where every chunk lies.
         let fixed = (zc && io.fixed).then_some(0);
-        let fd = types::Fd(self.raw);
+        let target = self.desc.target();
         let e = if n == 1 {
             let Some(ch) = self.queue.front() else { return };
             let Some(ptr) = self.unsent(ch) else { return };
             let len = ch.len - ch.off;
             if zc {
-                opcode::SendZc::new(fd, ptr, len).buf_index(fixed).build()
+                on_socket!(target, |fd| opcode::SendZc::new(fd, ptr, len).buf_index(fixed).build())
             } else {
-                opcode::Send::new(fd, ptr, len).build()
+                on_socket!(target, |fd| opcode::Send::new(fd, ptr, len).build())
             }
         } else {
             let mut v = self.vec.take().unwrap_or_else(SendVec::new);
@@ -308,10 +332,11 @@ impl UConn {
             }
             v.msg.msg_iov = v.iov.as_mut_ptr();
             v.msg.msg_iovlen = n;
+            let msg: *const libc::msghdr = &v.msg;
             let e = if zc {
-                opcode::SendMsgZc::new(fd, &v.msg).buf_index(fixed).build()
+                on_socket!(target, |fd| opcode::SendMsgZc::new(fd, msg).buf_index(fixed).build())
             } else {
-                opcode::SendMsg::new(fd, &v.msg).build()
+                on_socket!(target, |fd| opcode::SendMsg::new(fd, msg).build())
             };
             // The box stays in the connection until the send completes (see `abandon`).
             self.vec = Some(v);
@@ -525,8 +550,7 @@ impl UConn {
     /// (its queue, its buffers) is dropped here.
     pub fn close(mut self, io: &mut Io<'_, '_>) {
         debug_assert!(!self.in_flight(), "closing a connection with requests in flight");
-        if let Some(fd) = self.fd.take() {
-            let e = opcode::Close::new(types::Fd(fd.into_raw_fd())).build();
+        if let Some(e) = self.desc.close() {
             self.push(io, e, Op::Close);
         }
     }
@@ -540,9 +564,10 @@ impl UConn {
         }
     }
 
-    /// The descriptor of a connection with nothing in flight (its buffers are freed).
+    /// The regular descriptor of a connection with nothing in flight (its buffers are
+    /// freed); a direct one closes with the ring's file table.
     pub fn into_fd(mut self) -> Option<OwnedFd> {
-        self.fd.take()
+        std::mem::replace(&mut self.desc, Desc::Closed).into_fd()
     }
 
     /// For a worker that cannot wait for the kernel: the descriptor is closed, but any
@@ -552,6 +577,13 @@ impl UConn {
         std::mem::forget(std::mem::take(&mut self.queue));
         std::mem::forget(self.vec.take());
         std::mem::forget(std::mem::take(&mut self.zc_held));
-        self.fd.take()
+        match std::mem::replace(&mut self.desc, Desc::Closed) {
+            // The kernel may still write the slot it picks into this box.
+            Desc::Installing { fd, slot } => {
+                std::mem::forget(slot);
+                Some(fd)
+            }
+            d => d.into_fd(),
+        }
     }
 }

@@ -10,11 +10,11 @@
 //!   descriptor is queued for a worker round-robin, and when that worker's queue was empty
 //!   the acceptor posts an `IORING_OP_MSG_RING` completion into the worker's ring as its
 //!   doorbell. That is an SQE in the acceptor's next batch, not a syscall per connection.
-//! - **Why regular descriptors for connections, not direct ones.** Accepting into the fixed
-//!   file table and passing slots with `MSG_RING` would save a descriptor lookup per
-//!   operation, but a direct descriptor has no `getpeername`, and the per-connection log
-//!   needs the peer. One `getpeername` per connection costs 0.01 syscalls per request at the
-//!   seed's 100 requests per connection; the log is worth it.
+//! - **Why connections arrive as regular descriptors.** The per-connection log needs the
+//!   peer, and a direct descriptor has no `getpeername`; one `getpeername` per connection
+//!   costs 0.01 syscalls per request at the seed's 100 requests per connection. With
+//!   `--uring-direct` the worker then moves each connection into its ring's file table
+//!   (two SQEs, no syscall; see `desc`), keeping the address the acceptor read.
 //! - **Receive.** Each connection has one *multishot receive* selecting buffers from a
 //!   *provided buffer ring* shared by the worker's connections: the kernel picks a buffer
 //!   when data arrives, so idle connections pin no memory. A buffer goes back to the ring
@@ -29,16 +29,17 @@
 //!   coalescing (see [`Coalesce`](crate::config::Coalesce)) is one call here: wait for `want`
 //!   completions with a `min_wait` timeout (Linux 6.12+), falling back to a plain timeout.
 //!
-//! - **Bundles.** A multishot receive is a bundle (Linux 6.10+): one completion for every
-//!   buffer an arrival filled, so a 64 KiB request is one completion and one send, not
-//!   sixteen (`--uring-no-bundle`).
-//! - **Opt-in, measured off by default here** (see the README's feature table): zero-copy sends (`--uring-zc`, `--uring-zc-min-bytes`: the buffers are held until the
-//!   kernel's notification, which on TCP comes with the peer's ACK) and the buffer ring
-//!   registered as a fixed buffer for them (`--uring-regbuf`).
+//! - **Opt-in** (see the README's feature table): receive bundles (`--uring-bundle`, Linux
+//!   6.10+: one completion for every buffer an arrival filled; they pay from 4 KiB, but a
+//!   bundle receive armed on a dry buffer ring was seen never to complete), direct
+//!   descriptors (`--uring-direct`, see `desc`), zero-copy sends (`--uring-zc`,
+//!   `--uring-zc-min-bytes`: the buffers are held until the kernel's notification, which
+//!   on TCP comes with the peer's ACK) and the buffer ring registered as a fixed buffer
+//!   for them (`--uring-regbuf`).
 //!
 //! Every feature is probed at start, falls back when missing, can be switched off
 //! (`--uring-no-multishot`, `--uring-no-bufring`, `--uring-no-defer-taskrun`,
-//! `--uring-no-sendvec`, `--uring-no-bundle`) or on, and is reported in the summary.
+//! `--uring-no-sendvec`) or on, and is reported in the summary.
 //!
 //! # Correctness rules
 //! - A connection's state, its queued buffers and its own buffer (without a buffer ring)
@@ -65,6 +66,7 @@
 mod acceptor;
 pub mod buf_ring;
 mod conn;
+mod desc;
 mod probe;
 mod ring;
 mod user_data;

@@ -42,6 +42,8 @@ pub struct Features {
     pub zc_min_bytes: Option<u32>,
     /// Zero-copy sends name the buffer ring's memory as registered buffer 0.
     pub regbuf: bool,
+    /// Connections move to direct descriptors in their worker ring's file table.
+    pub direct: bool,
 }
 
 fn unavailable(e: io::Error) -> io::Error {
@@ -154,6 +156,11 @@ impl Features {
                 let ok = unsafe { ring.submitter().register_buffers(&iov) }.is_ok();
                 ok && ring.submitter().unregister_buffers().is_ok()
             },
+            // Installing into any free slot with FILES_UPDATE needs Linux 5.19.
+            direct: opts.direct
+                && kernel >= (5, 19)
+                && probe.is_supported(opcode::FilesUpdate::CODE)
+                && ring.submitter().register_files_sparse(4).is_ok(),
         };
         // The flags were probed one by one; make sure the combination is accepted too.
         feat.build_ring(8, 16)?;
@@ -217,6 +224,7 @@ impl Features {
             ("bundle".into(), on(self.bundle)),
             ("zc".into(), self.zc_min_bytes.map_or_else(|| "off".into(), |b| format!(">={b}B"))),
             ("regbuf".into(), on(self.regbuf)),
+            ("direct_descriptors".into(), on(self.direct)),
         ]
     }
 }
@@ -234,14 +242,18 @@ mod tests {
         feature(opts, "sendvec")
     }
 
-    /// Bundles are on by default, zero-copy sends and registered buffers off, and each
-    /// follows its switch on this kernel (6.18) and needs what it is built on.
+    /// Bundles, zero-copy sends, registered buffers and direct descriptors are off by
+    /// default, and each follows its switch on this kernel (6.18) and needs what it is
+    /// built on.
     #[test]
     fn optional_features_follow_their_switches() {
         let full = UringOptions::default();
-        assert_eq!(feature(&full, "bundle"), "on");
-        assert_eq!(feature(&UringOptions { bundle: false, ..full.clone() }, "bundle"), "off");
-        assert_eq!(feature(&UringOptions { multishot: false, ..full.clone() }, "bundle"), "off", "multishot only");
+        assert_eq!(feature(&full, "bundle"), "off");
+        assert_eq!(feature(&full, "direct_descriptors"), "off");
+        let bundle = UringOptions { bundle: true, ..full.clone() };
+        assert_eq!(feature(&bundle, "bundle"), "on");
+        assert_eq!(feature(&UringOptions { multishot: false, ..bundle }, "bundle"), "off", "multishot only");
+        assert_eq!(feature(&UringOptions { direct: true, ..full.clone() }, "direct_descriptors"), "on");
         assert_eq!(feature(&full, "regbuf"), "off");
         assert_eq!(feature(&full, "zc"), "off");
         let all = UringOptions { bundle: true, zc_min_bytes: Some(4096), regbuf: true, ..full.clone() };

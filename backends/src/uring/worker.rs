@@ -20,12 +20,15 @@ use super::user_data;
 use crate::book::{CloseReason, ThreadBook};
 use crate::handoff::{Inbox, NewConn};
 use crate::shared::Shared;
-use crate::sys::Sys;
+use crate::sys::{self, Sys};
 use crate::table::{ConnTable, Key};
 use crate::worker::IdleTick;
 
 /// Submission-queue entries per worker ring (at most its completion-queue size).
 const SQ_ENTRIES: u32 = 4096;
+/// The largest file table a worker registers for direct descriptors (the open-file limit
+/// caps it first: the kernel refuses a table larger than `RLIMIT_NOFILE`).
+const DIRECT_SLOTS_MAX: u64 = 1 << 20;
 /// How long a stopping worker waits for the kernel to return its cancelled requests.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long a stopping worker waits in one turn.
@@ -38,6 +41,8 @@ pub struct Setup {
     bufs: Option<BufRing>,
     /// The buffer ring's memory is registered buffer 0 (for zero-copy sends).
     fixed: bool,
+    /// The ring has a file table for direct descriptors.
+    direct: bool,
     stats_registers: u64,
 }
 
@@ -65,8 +70,13 @@ pub fn setup(feat: &Features) -> io::Result<(Setup, OwnedFd)> {
             .map_err(|e| io::Error::new(e.kind(), format!("registering the buffer ring as a fixed buffer: {e}")))?,
         _ => false,
     };
-    let stats_registers = u64::from(bufs.is_some()) + u64::from(fixed);
-    Ok((Setup { ring, stats_registers, bufs, fixed }, target))
+    // A sparse file table with room for every connection this process may hold.
+    let direct = feat.direct && {
+        let slots = sys::nofile_limit().map_or(1024, |(soft, _)| soft).min(DIRECT_SLOTS_MAX);
+        ring.submitter().register_files_sparse(slots as u32).is_ok()
+    };
+    let stats_registers = u64::from(bufs.is_some()) + u64::from(fixed) + u64::from(feat.direct);
+    Ok((Setup { ring, stats_registers, bufs, fixed, direct }, target))
 }
 
 /// Where the worker is in its life.
@@ -85,6 +95,7 @@ struct Worker<'a, 'r> {
     conns: ConnTable<UConn>,
     bufs: Option<BufRing>,
     fixed: bool,
+    direct: bool,
     /// Buffers a receive completion handed over, on their way to its connection.
     taken: Vec<RingBuf>,
     /// Connections whose receive ended for want of buffers, oldest first.
@@ -103,7 +114,7 @@ pub fn run(
     inbox: &Inbox,
     mut book: ThreadBook,
 ) -> io::Result<ThreadBook> {
-    let Setup { mut ring, bufs, fixed, stats_registers } = setup;
+    let Setup { mut ring, bufs, fixed, direct, stats_registers } = setup;
     for _ in 0..stats_registers {
         book.stats.syscalls.count(Sys::IoUringRegister);
     }
@@ -116,6 +127,7 @@ pub fn run(
         conns: ConnTable::default(),
         bufs,
         fixed,
+        direct,
         taken: Vec::new(),
         starved: VecDeque::new(),
         book,
@@ -138,6 +150,7 @@ impl<'r> Worker<'_, 'r> {
             bundle: self.feat.bundle,
             zc_min_bytes: self.feat.zc_min_bytes,
             fixed: self.fixed,
+            direct: self.direct,
             buffer_size: self.feat.buffer_size,
             now: self.now,
         };
@@ -235,6 +248,7 @@ impl<'r> Worker<'_, 'r> {
         match Op::from_tag(cqe.tag) {
             Some(Op::Recv) => self.on_recv(cqe),
             Some(Op::Send) => self.with_conn(cqe.key, |c, io| c.on_send(cqe.res, false, io)),
+            Some(Op::Install) => self.with_conn(cqe.key, |c, io| c.on_install(cqe.res, io)),
             Some(Op::Cancel | Op::Close) => {}
             Some(Op::Stop) => self.begin_stop(),
             None => return Err(io::Error::other(format!("a completion with an unknown tag {:#x}: {cqe:?}", cqe.tag))),
@@ -282,9 +296,11 @@ impl<'r> Worker<'_, 'r> {
 
     fn adopt(&mut self, n: NewConn) {
         let own = (self.bufs.is_none()).then(|| vec![0u8; self.feat.buffer_size].into_boxed_slice());
-        let raw = n.fd.as_raw_fd();
-        let key = self.conns.insert_with(|key| UConn::new(key, n.fd, raw, n.meter, own));
-        self.with_conn(key, |c, io| c.arm_recv(io));
+        let key = self.conns.insert_with(|key| UConn::new(key, n.fd, n.meter, own));
+        self.with_conn(key, |c, io| {
+            c.arm_recv(io);
+            c.install(io);
+        });
     }
 
     /// Re-arms receives that ran out of buffers, one per buffer the ring holds now
