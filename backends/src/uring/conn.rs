@@ -306,8 +306,10 @@ impl UConn {
         if n == 0 {
             return;
         }
-        let bytes: usize = self.queue.iter().take(n).map(|ch| (ch.len - ch.off) as usize).sum();
-        let zc = io.zc_min_bytes.is_some_and(|min| bytes >= min as usize);
+        // Summed only when zero-copy sends are on: this is every send's path.
+        let zc = io.zc_min_bytes.is_some_and(|min| {
+            self.queue.iter().take(n).map(|ch| (ch.len - ch.off) as usize).sum::<usize>() >= min as usize
+        });
         if zc && self.zc_held.len() >= ZC_HELD_MAX {
             // Resumed by the next notification (`on_notif`).
             return;

@@ -65,9 +65,8 @@ pub fn setup(feat: &Features) -> io::Result<(Setup, OwnedFd)> {
     let fixed = match &bufs {
         // SAFETY: the region is the buffer ring's memory, which lives until the worker
         // ends; it is unregistered there before the memory is freed, or leaked with it.
-        Some(b) if feat.regbuf => unsafe { ring.submitter().register_buffers(&[b.region()]) }
-            .map(|()| true)
-            .map_err(|e| io::Error::new(e.kind(), format!("registering the buffer ring as a fixed buffer: {e}")))?,
+        // If the kernel refuses (a locked-memory limit, say), zero-copy sends go without.
+        Some(b) if feat.regbuf => unsafe { ring.submitter().register_buffers(&[b.region()]) }.is_ok(),
         _ => false,
     };
     // A sparse file table with room for every connection this process may hold.
