@@ -87,7 +87,7 @@ fn bufring(c: &mut Criterion) {
             return;
         }
     };
-    let br = BufRing::new(&ring.submitter(), 2048, 4096).expect("register a buffer ring");
+    let br = BufRing::new(&ring.submitter(), 2048, 4096, false).expect("register a buffer ring");
     let mut bid = 0u16;
     c.bench_function("bufring/recycle_and_publish", |b| {
         b.iter(|| {

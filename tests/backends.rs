@@ -26,7 +26,7 @@ fn assert_ok(r: &client::ClientReport) {
     assert!(r.ok(), "client run failed: {} errors, first: {first:?}", r.summary.errors);
 }
 
-backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_defer_taskrun, uring_no_sendvec, uring_bundle, uring_zc, uring_regbuf, uring_direct, uring_direct_zc_regbuf, uring_sqpoll, threads] {
+backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_defer_taskrun, uring_no_sendvec, uring_bundle, uring_inc, uring_zc, uring_regbuf, uring_direct, uring_direct_zc_regbuf, uring_sqpoll, threads] {
     fn echoes_every_size_byte_exact(backend) {
         let srv = TestServer::start(backend);
         let mut expected_rows = 0;
@@ -378,7 +378,10 @@ impl Perf {
 /// 12,000 times in 3 s). Bundles are left out: under this test a bundle receive armed on
 /// a dry ring was not completed when buffers came back (see the README), which is why they
 /// are opt-in; `uring_bundles_carry_several_buffers` tests them with a ring that stays wet.
-const SCARCE_VARIANTS: [(&str, u16); 2] = [("uring", 2), ("uring-direct-zc-regbuf", 32)];
+/// Incremental consumption turns 2 buffers into one of twice the size, shared by every
+/// receive until it is full.
+const SCARCE_VARIANTS: [(&str, u16); 4] =
+    [("uring", 2), ("uring-bundle", 2), ("uring-inc", 2), ("uring-direct-zc-regbuf", 32)];
 
 /// Runs 200 connections × 20 verified 3000-byte requests against one io_uring worker of
 /// `variant` starved of one resource by `tweak`, checks nothing was lost, and returns
@@ -399,6 +402,9 @@ fn uring_under_scarcity(
     // The features the variant names were in use.
     if variant.contains("-zc") {
         assert!(summary.zc_notifications > 0, "{variant}: no zero-copy send completed");
+    }
+    if variant.contains("-inc") {
+        assert_eq!(summary.features.get("incremental_buffers").map(String::as_str), Some("on"), "{variant}");
     }
     if variant.contains("-regbuf") {
         assert_eq!(summary.features.get("regbuf").map(String::as_str), Some("on"), "{variant}");
@@ -434,6 +440,18 @@ fn uring_bundles_carry_several_buffers() {
     });
     assert!(summary.bundle_extra_buffers > 0, "no receive carried more than one buffer");
     assert_eq!(summary.bufring_empty, 0, "the ring ran dry: this is not the test for that");
+}
+
+/// Incremental buffer consumption: the default ring's memory as 128 buffers of 64 KiB,
+/// each filled by many receives in turn (3000-byte requests from 200 connections), every
+/// slice echoed from where it lies and the buffer returned only once the kernel is done
+/// with it and its last slice is sent.
+#[test]
+fn uring_incremental_buffers_are_shared_by_receives() {
+    let summary = uring_under_scarcity("uring-inc", |_| {});
+    assert_eq!(summary.features.get("incremental_buffers").map(String::as_str), Some("on"));
+    assert_eq!(summary.features.get("bufring").map(String::as_str), Some("128x65536B"));
+    assert!(summary.shared_buffer_receives > 0, "no receive went into a buffer another had used");
 }
 
 /// io_uring only: rings of 8 entries under 200 connections. The completion queue overflows

@@ -149,6 +149,9 @@ pub struct ThreadStats {
     pub bundle_extra_buffers: u64,
     /// io_uring only: zero-copy sends, counted at their notification.
     pub zc_notifications: u64,
+    /// io_uring only, incremental consumption: receives whose data went into a buffer
+    /// an earlier receive had used part of (what incremental buffers save: a buffer each).
+    pub shared_buffer_receives: u64,
 }
 
 impl ThreadStats {
@@ -165,6 +168,7 @@ impl ThreadStats {
         self.cq_overflow += o.cq_overflow;
         self.bundle_extra_buffers += o.bundle_extra_buffers;
         self.zc_notifications += o.zc_notifications;
+        self.shared_buffer_receives += o.shared_buffer_receives;
     }
 }
 

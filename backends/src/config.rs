@@ -59,6 +59,12 @@ pub struct UringOptions {
     /// no descriptor lookup per request.
     #[serde(default)]
     pub direct: bool,
+    /// Incremental buffer consumption (Linux 6.12+): each receive takes only the bytes it
+    /// needs from the buffer at the ring's head, so the ring's memory goes into fewer,
+    /// larger buffers ([`INC_BUFFER_SCALE`] times larger) without a small message
+    /// taking a whole one.
+    #[serde(default)]
+    pub incremental: bool,
     /// Provided buffers per worker (a power of two, at most 32768).
     pub buffers: u16,
     /// Bytes per provided buffer (and per connection without a buffer ring).
@@ -67,6 +73,11 @@ pub struct UringOptions {
     /// long too). Small values exercise CQ overflow and a full submission queue.
     pub cq_entries: u32,
 }
+
+/// With incremental consumption, buffers are this many times larger and this many times
+/// fewer (the same memory): a 4 KiB default becomes 64 KiB, the size epoll reads into,
+/// so a large request arrives in one completion instead of sixteen.
+pub const INC_BUFFER_SCALE: u16 = 16;
 
 /// Raw files written before a feature existed had it on.
 fn yes() -> bool {
@@ -85,6 +96,7 @@ impl Default for UringOptions {
             zc_min_bytes: None,
             regbuf: false,
             direct: false,
+            incremental: false,
             buffers: DEFAULT_URING_BUFFERS,
             buffer_size: DEFAULT_URING_BUFFER_SIZE_BYTES,
             cq_entries: DEFAULT_URING_CQ_ENTRIES,
@@ -216,6 +228,14 @@ pub const SWITCHES: &[Switch] = &[
         help: "io_uring: receive bundles, one completion for every buffer an arrival filled (Linux 6.10+; \
                can stall when the buffer ring runs dry, see the README)",
         apply: |c| c.uring.bundle = true,
+    },
+    Switch {
+        name: "inc",
+        backend: Some("uring"),
+        flag: Some("uring-inc"),
+        help: "io_uring: incremental buffer consumption (Linux 6.12+): the ring's memory in 16x larger, \
+               16x fewer buffers, each shared by as many receives as fit in it",
+        apply: |c| c.uring.incremental = true,
     },
     Switch {
         name: "direct",

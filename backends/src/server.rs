@@ -102,6 +102,8 @@ pub struct ServerSummary {
     pub bundle_extra_buffers: u64,
     #[serde(default)]
     pub zc_notifications: u64,
+    #[serde(default)]
+    pub shared_buffer_receives: u64,
     pub nofile_soft: u64,
     pub nofile_hard: u64,
     /// What the server reported while running (each kind once per episode).
@@ -145,13 +147,15 @@ impl fmt::Display for ServerSummary {
             writeln!(
                 f,
                 "  io_uring           {} SQEs submitted, {} CQEs reaped, buffer ring empty {}x, CQ overflow {}, \
-                 {} buffers in bundles past the first, {} zero-copy notifications",
+                 {} buffers in bundles past the first, {} zero-copy notifications, {} receives into a \
+                 buffer already in use",
                 self.sqes_submitted,
                 self.cqes_reaped,
                 self.bufring_empty,
                 self.cq_overflow,
                 self.bundle_extra_buffers,
-                self.zc_notifications
+                self.zc_notifications,
+                self.shared_buffer_receives
             )?;
         }
         if !self.features.is_empty() {
@@ -309,6 +313,7 @@ fn serve(
         cq_overflow: total.cq_overflow,
         bundle_extra_buffers: total.bundle_extra_buffers,
         zc_notifications: total.zc_notifications,
+        shared_buffer_receives: total.shared_buffer_receives,
         nofile_soft,
         nofile_hard,
         notices,

@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::BufRingEntry;
 use io_uring::Submitter;
 
+/// `IOU_PBUF_RING_INC` of `<linux/io_uring.h>` (the io-uring crate keeps its copy private).
+const IOU_PBUF_RING_INC: u16 = 2;
+
 /// The buffer group every worker registers its ring as.
 pub const BUF_GROUP: u16 = 0;
 
@@ -51,8 +54,22 @@ pub struct RingBuf {
 }
 
 impl BufRing {
-    /// Allocates the buffers and registers them with the ring as [`BUF_GROUP`].
-    pub fn new(sub: &Submitter<'_>, count: u16, size: usize) -> io::Result<BufRing> {
+    /// Allocates the buffers and registers them with the ring as [`BUF_GROUP`];
+    /// `incremental`: the kernel consumes each buffer a receive at a time
+    /// (`IOU_PBUF_RING_INC`), and a completion's `IORING_CQE_F_BUF_MORE` says it kept the
+    /// buffer for the next receive.
+    pub fn new(sub: &Submitter<'_>, count: u16, size: usize, incremental: bool) -> io::Result<BufRing> {
+        Self::with_group(sub, count, size, incremental, BUF_GROUP)
+    }
+
+    /// [`BufRing::new`] as buffer group `group`.
+    pub fn with_group(
+        sub: &Submitter<'_>,
+        count: u16,
+        size: usize,
+        incremental: bool,
+        group: u16,
+    ) -> io::Result<BufRing> {
         if !count.is_power_of_two() || size == 0 || size > u32::MAX as usize {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -81,7 +98,8 @@ impl BufRing {
         // SAFETY: `entries` is page-aligned, zeroed, `count` entries long, and lives until
         // `Inner` drops, which happens only after the group is unregistered or the ring is
         // gone (a worker that cannot unregister leaks the ring instead).
-        unsafe { sub.register_buf_ring_with_flags(entries.as_ptr() as u64, count, BUF_GROUP, 0)? };
+        let flags = if incremental { IOU_PBUF_RING_INC } else { 0 };
+        unsafe { sub.register_buf_ring_with_flags(entries.as_ptr() as u64, count, group, flags)? };
         for bid in 0..count {
             inner.recycle(bid);
         }

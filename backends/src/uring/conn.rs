@@ -22,13 +22,13 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::rc::Rc;
 use std::time::Instant;
 
 use io_uring::opcode;
 use io_uring::squeue;
 
-use super::buf_ring::{BufRing, RingBuf, BUF_GROUP};
+use super::buf_ring::{BufRing, BUF_GROUP};
+use super::chunk::{Buf, Chunk, Filled};
 use super::desc::{on_socket, Desc};
 use super::ring::{Cqe, Ring};
 use super::user_data;
@@ -134,38 +134,6 @@ pub enum Phase {
     Open,
     /// Closing for this reason once nothing is in flight.
     Closing(CloseReason),
-}
-
-/// Where queued echo bytes live.
-enum Buf {
-    /// A provided buffer, returned to the ring when the chunk is dropped.
-    Ring(RingBuf),
-    /// A provided buffer that zero-copy sends still hold besides the queue (sent in
-    /// part); returned when the last holder drops it.
-    Shared(Rc<RingBuf>),
-    /// The connection's own buffer (no buffer ring).
-    Own,
-}
-
-impl Buf {
-    /// A second handle on this buffer, for a zero-copy send that carried part of it.
-    fn share(&mut self) -> Option<Buf> {
-        if let Buf::Ring(_) = self {
-            let Buf::Ring(b) = std::mem::replace(self, Buf::Own) else { return None };
-            *self = Buf::Shared(Rc::new(b));
-        }
-        match self {
-            Buf::Shared(rc) => Some(Buf::Shared(Rc::clone(rc))),
-            _ => None,
-        }
-    }
-}
-
-/// Echo bytes waiting to be sent: `buf[off..len]`.
-struct Chunk {
-    buf: Buf,
-    off: u32,
-    len: u32,
 }
 
 /// What the connection's methods need from the worker.
@@ -379,7 +347,7 @@ impl UConn {
     /// A receive completed, with the buffers the kernel filled in `bufs` (several for a
     /// bundle, none without a buffer ring); takes them all. Returns true when the receive
     /// ended for want of buffers (the worker re-arms it as buffers come back).
-    pub fn on_recv(&mut self, cqe: &Cqe, bufs: &mut Vec<RingBuf>, io: &mut Io<'_, '_>) -> bool {
+    pub fn on_recv(&mut self, cqe: &Cqe, got: &mut Filled, io: &mut Io<'_, '_>) -> bool {
         if !cqe.more() {
             self.recv = Recv::Idle;
         }
@@ -387,12 +355,12 @@ impl UConn {
             let n = cqe.res as usize;
             self.meter.on_read(n, io.now);
             if self.is_open() {
-                self.queue_echo(bufs, n, io);
+                self.queue_echo(got, n, io);
             }
-            bufs.clear();
+            got.clear();
             return false;
         }
-        bufs.clear();
+        got.clear();
         match -cqe.res {
             0 => self.recv = Recv::Eof,
             libc::ENOBUFS => {
@@ -406,8 +374,13 @@ impl UConn {
         false
     }
 
-    fn queue_echo(&mut self, bufs: &mut Vec<RingBuf>, n: usize, io: &mut Io<'_, '_>) {
-        if bufs.is_empty() {
+    fn queue_echo(&mut self, got: &mut Filled, n: usize, io: &mut Io<'_, '_>) {
+        let bufs = &mut got.bufs;
+        if let Some((buf, off)) = got.part.take() {
+            // Incremental consumption: the data is the next `n` bytes of a buffer that
+            // other receives may share.
+            self.queue.push_back(Chunk { buf: Buf::Shared(buf), off, len: off + n as u32 });
+        } else if bufs.is_empty() {
             self.queue.push_back(Chunk { buf: Buf::Own, off: 0, len: n as u32 });
         } else {
             // A bundle fills its buffers in order, each to the full size but the last.

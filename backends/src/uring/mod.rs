@@ -65,6 +65,7 @@
 
 mod acceptor;
 pub mod buf_ring;
+mod chunk;
 mod conn;
 mod desc;
 mod probe;

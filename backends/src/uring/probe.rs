@@ -6,8 +6,12 @@ use std::io;
 use io_uring::{opcode, IoUring, Probe};
 
 use super::buf_ring::BufRing;
-use crate::config::UringOptions;
+use crate::config::{UringOptions, INC_BUFFER_SCALE};
 use crate::sys;
+
+/// The buffer group the incremental-consumption probe registers (group 0 is the plain
+/// probe's, on the same ring).
+const PROBE_GROUP: u16 = 1;
 
 /// How completions are run in the submitting task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +48,9 @@ pub struct Features {
     pub regbuf: bool,
     /// Connections move to direct descriptors in their worker ring's file table.
     pub direct: bool,
+    /// Incremental buffer consumption: `buffers` and `buffer_size` are already the
+    /// fewer, larger buffers it uses.
+    pub incremental: bool,
 }
 
 fn unavailable(e: io::Error) -> io::Error {
@@ -124,11 +131,23 @@ impl Features {
             b.setup_submit_all();
         });
         let kernel = sys::kernel_version();
-        let bufring = opts.bufring && kernel >= (5, 19) && BufRing::new(&ring.submitter(), 8, 64).is_ok();
+        let bufring = opts.bufring && kernel >= (5, 19) && BufRing::new(&ring.submitter(), 8, 64, false).is_ok();
+        // Probed with a real registration (a second group, since group 0 is taken above).
+        let incremental = opts.incremental
+            && bufring
+            && kernel >= (6, 12)
+            && BufRing::with_group(&ring.submitter(), 8, 64, true, PROBE_GROUP).is_ok();
+        // The same memory in fewer, larger buffers (never fewer than one).
+        let (buffers, buffer_size) = if incremental {
+            let count = (opts.buffers / INC_BUFFER_SCALE).max(1);
+            (count, opts.buffer_size * usize::from(opts.buffers / count))
+        } else {
+            (opts.buffers, opts.buffer_size)
+        };
         let feat = Features {
             cq_entries: opts.cq_entries,
-            buffers: opts.buffers,
-            buffer_size: opts.buffer_size,
+            buffers,
+            buffer_size,
             taskrun,
             submit_all,
             multishot_accept: opts.multishot && kernel >= (5, 19),
@@ -139,7 +158,10 @@ impl Features {
             sqpoll,
             registered_ring_fd: kernel >= (5, 18),
             sendvec: opts.sendvec && bufring && probe.is_supported(opcode::SendMsg::CODE),
+            // A bundle names only its first buffer, and with incremental consumption the
+            // kernel may have used part of it before: the two do not mix here.
             bundle: opts.bundle
+                && !incremental
                 && bufring
                 && opts.multishot
                 && kernel >= (6, 0)
@@ -161,6 +183,7 @@ impl Features {
                 && kernel >= (5, 19)
                 && probe.is_supported(opcode::FilesUpdate::CODE)
                 && ring.submitter().register_files_sparse(4).is_ok(),
+            incremental,
         };
         // The flags were probed one by one; make sure the combination is accepted too.
         feat.build_ring(8, 16)?;
@@ -206,6 +229,7 @@ impl Features {
                 "bufring".into(),
                 if self.bufring { format!("{}x{}B", self.buffers, self.buffer_size) } else { "off".into() },
             ),
+            ("incremental_buffers".into(), on(self.incremental)),
             (
                 "taskrun".into(),
                 match self.taskrun {
@@ -260,6 +284,13 @@ mod tests {
         assert_eq!(feature(&all, "bundle"), "on");
         assert_eq!(feature(&all, "zc"), ">=4096B");
         assert_eq!(feature(&all, "regbuf"), "on");
+        assert_eq!(feature(&full, "incremental_buffers"), "off");
+        let inc = UringOptions { incremental: true, buffers: 2048, buffer_size: 4096, ..full.clone() };
+        assert_eq!(feature(&inc, "incremental_buffers"), "on");
+        assert_eq!(feature(&inc, "bufring"), "128x65536B", "the same memory in 16x larger buffers");
+        assert_eq!(feature(&UringOptions { buffers: 2, ..inc.clone() }, "bufring"), "1x8192B", "never none");
+        assert_eq!(feature(&UringOptions { bundle: true, ..inc.clone() }, "bundle"), "off", "not with bundles");
+        assert_eq!(feature(&UringOptions { bufring: false, ..inc }, "incremental_buffers"), "off");
         let no_ring = UringOptions { bufring: false, ..all.clone() };
         assert_eq!(feature(&no_ring, "bundle"), "off", "bundles select from the buffer ring");
         assert_eq!(feature(&no_ring, "regbuf"), "off", "the registered buffer is the buffer ring");

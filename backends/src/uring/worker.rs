@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use io_uring::types;
@@ -13,6 +14,7 @@ use io_uring::{cqueue, opcode};
 
 use super::buf_ring::RingBuf;
 use super::buf_ring::{BufRing, BUF_GROUP};
+use super::chunk::Filled;
 use super::conn::{zc_seq, Io, Op, UConn};
 use super::probe::Features;
 use super::ring::{Cqe, Ring};
@@ -33,6 +35,9 @@ const DIRECT_SLOTS_MAX: u64 = 1 << 20;
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long a stopping worker waits in one turn.
 const STOP_TURN: Duration = Duration::from_millis(50);
+/// How long a worker waits in one turn while receives wait for buffers (see
+/// [`Worker::rearm_starved`]).
+const STARVED_TURN: Duration = Duration::from_millis(1);
 
 /// What a worker sets up on its own thread (SINGLE_ISSUER: the creating thread is the
 /// only submitter): its ring and, if used, its buffer ring.
@@ -56,7 +61,7 @@ pub fn setup(feat: &Features) -> io::Result<(Setup, OwnedFd)> {
     // call; the clone is a new descriptor of our own.
     let target = unsafe { BorrowedFd::borrow_raw(ring.as_raw_fd()) }.try_clone_to_owned()?;
     let bufs = if feat.bufring {
-        let b = BufRing::new(&ring.submitter(), feat.buffers, feat.buffer_size)
+        let b = BufRing::new(&ring.submitter(), feat.buffers, feat.buffer_size, feat.incremental)
             .map_err(|e| io::Error::new(e.kind(), format!("provided buffer ring: {e}")))?;
         Some(b)
     } else {
@@ -78,6 +83,30 @@ pub fn setup(feat: &Features) -> io::Result<(Setup, OwnedFd)> {
     Ok((Setup { ring, stats_registers, bufs, fixed, direct }, target))
 }
 
+/// Incremental consumption: the buffer a completion's data lies in, and where in it the
+/// data starts. A buffer the kernel keeps (`BUF_MORE`) stays in `filling`, its next start
+/// moved past this data; one it is done with leaves `filling`, so it goes back to the
+/// ring once every chunk of it has been sent.
+fn fill_part(filling: &mut Vec<(u16, Rc<RingBuf>, u32)>, ring: &BufRing, bid: u16, cqe: &Cqe) -> (Rc<RingBuf>, u32) {
+    let n = cqe.res.max(0) as u32;
+    let more = cqueue::buffer_more(cqe.flags);
+    let Some(i) = filling.iter().position(|(b, _, _)| *b == bid) else {
+        let buf = Rc::new(ring.take(bid));
+        if more {
+            filling.push((bid, Rc::clone(&buf), n));
+        }
+        return (buf, 0);
+    };
+    let (_, buf, off) = &mut filling[i];
+    let part = (Rc::clone(buf), *off);
+    if more {
+        *off += n;
+    } else {
+        filling.swap_remove(i);
+    }
+    part
+}
+
 /// Where the worker is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -96,7 +125,11 @@ struct Worker<'a, 'r> {
     fixed: bool,
     direct: bool,
     /// Buffers a receive completion handed over, on their way to its connection.
-    taken: Vec<RingBuf>,
+    taken: Filled,
+    /// Incremental consumption: buffers the kernel is still filling (their last
+    /// completion said `BUF_MORE`), each with where its next data starts. The worker's
+    /// handle keeps such a buffer out of the ring until the kernel is done with it.
+    filling: Vec<(u16, Rc<RingBuf>, u32)>,
     /// Connections whose receive ended for want of buffers, oldest first.
     starved: VecDeque<Key>,
     book: ThreadBook,
@@ -127,7 +160,8 @@ pub fn run(
         bufs,
         fixed,
         direct,
-        taken: Vec::new(),
+        taken: Filled::default(),
+        filling: Vec::new(),
         starved: VecDeque::new(),
         book,
         now: Instant::now(),
@@ -222,6 +256,10 @@ impl<'r> Worker<'_, 'r> {
         let threshold = 2 * coalesce.want(self.conns.len());
         let gather = threshold > 2 && last_reaped > 0 && last_reaped < threshold;
         let tick = idle.map(IdleTick::every);
+        // Starved receives are re-armed a few per turn, so a turn must come even if no
+        // completion does.
+        let tick =
+            if self.starved.is_empty() { tick } else { Some(tick.map_or(STARVED_TURN, |t| t.min(STARVED_TURN))) };
         match (gather, self.feat.min_wait) {
             (false, _) => (1, 0, tick),
             (true, true) => (2 * self.conns.len(), coalesce.wait_us, tick),
@@ -260,10 +298,16 @@ impl<'r> Worker<'_, 'r> {
         // connection is gone, dropping the handle returns it.
         let mut taken = std::mem::take(&mut self.taken);
         if let (Some(bid), Some(b)) = (cqe.buffer(), &self.bufs) {
-            // A bundle's data filled its buffers in ring order, each to the full size.
-            let n = if self.feat.bundle { (cqe.res.max(1) as usize).div_ceil(b.buffer_size()) } else { 1 };
-            b.take_bundle(bid, n, &mut taken);
-            self.book.stats.bundle_extra_buffers += n as u64 - 1;
+            if self.feat.incremental {
+                let part = fill_part(&mut self.filling, b, bid, cqe);
+                self.book.stats.shared_buffer_receives += u64::from(part.1 > 0);
+                taken.part = Some(part);
+            } else {
+                // A bundle's data filled its buffers in ring order, each to the full size.
+                let n = if self.feat.bundle { (cqe.res.max(1) as usize).div_ceil(b.buffer_size()) } else { 1 };
+                b.take_bundle(bid, n, &mut taken.bufs);
+                self.book.stats.bundle_extra_buffers += n as u64 - 1;
+            }
         }
         let mut starved = false;
         self.with_conn(cqe.key, |c, io| starved = c.on_recv(cqe, &mut taken, io));
@@ -306,8 +350,19 @@ impl<'r> Worker<'_, 'r> {
     /// (re-arming all of them for a few buffers only buys a storm of ENOBUFS). This runs
     /// every turn, not only when buffers come back: a receive left starved when traffic
     /// stops would otherwise never be re-armed (found at 19,000 connections).
+    ///
+    /// A re-armed receive need not take a buffer: a multishot receive armed on an empty
+    /// ring ends with ENOBUFS at once, data or not, so a starved connection may have
+    /// nothing to read, and re-armed it waits without a completion. While any are left
+    /// starved the worker therefore turns at least every [`STARVED_TURN`], re-arming the
+    /// next few each time. Without that, receive bundles stalled: a bundle that takes the
+    /// ring's last buffers ends without ENOBUFS, its re-arm meets the empty ring and
+    /// starves with nothing to read; with the buffers spent on such connections, the
+    /// worker slept while others had a request unread (16 of 200 connections in one
+    /// run; 3 of 8 runs with 2 buffers).
     fn rearm_starved(&mut self) {
-        let mut budget = self.bufs.as_ref().map_or(0, BufRing::available);
+        // A buffer the kernel is still filling is ours by count but still in its ring.
+        let mut budget = self.bufs.as_ref().map_or(0, BufRing::available) + self.filling.len();
         while budget > 0 {
             let Some(key) = self.starved.pop_front() else { break };
             let mut rearmed = false;
@@ -349,6 +404,7 @@ impl<'r> Worker<'_, 'r> {
         self.shared.write_rows(&mut self.book);
         if let Some(b) = self.bufs.take() {
             if quiet {
+                self.filling.clear();
                 self.book.stats.syscalls.count(Sys::IoUringRegister);
                 let _ = self.ring.sub.unregister_buf_ring(BUF_GROUP);
                 if self.fixed {
