@@ -256,10 +256,14 @@ impl<'r> Worker<'_, 'r> {
         let threshold = 2 * coalesce.want(self.conns.len());
         let gather = threshold > 2 && last_reaped > 0 && last_reaped < threshold;
         let tick = idle.map(IdleTick::every);
-        // Starved receives are re-armed a few per turn, so a turn must come even if no
-        // completion does.
-        let tick =
-            if self.starved.is_empty() { tick } else { Some(tick.map_or(STARVED_TURN, |t| t.min(STARVED_TURN))) };
+        // Starved receives are re-armed a few per turn, so while buffers are there to give
+        // a turn must come even if no completion does. (With none, only a completion can
+        // bring one back, and it turns the loop itself.)
+        let tick = if self.starved.is_empty() || self.rearm_budget() == 0 {
+            tick
+        } else {
+            Some(tick.map_or(STARVED_TURN, |t| t.min(STARVED_TURN)))
+        };
         match (gather, self.feat.min_wait) {
             (false, _) => (1, 0, tick),
             (true, true) => (2 * self.conns.len(), coalesce.wait_us, tick),
@@ -354,21 +358,27 @@ impl<'r> Worker<'_, 'r> {
     /// A re-armed receive need not take a buffer: a multishot receive armed on an empty
     /// ring ends with ENOBUFS at once, data or not, so a starved connection may have
     /// nothing to read, and re-armed it waits without a completion. While any are left
-    /// starved the worker therefore turns at least every [`STARVED_TURN`], re-arming the
-    /// next few each time. Without that, receive bundles stalled: a bundle that takes the
+    /// starved and buffers are free, the worker therefore turns at least every
+    /// [`STARVED_TURN`], re-arming the next few each time. Without that, receive bundles stalled: a bundle that takes the
     /// ring's last buffers ends without ENOBUFS, its re-arm meets the empty ring and
     /// starves with nothing to read; with the buffers spent on such connections, the
     /// worker slept while others had a request unread (16 of 200 connections in one
     /// run; 3 of 8 runs with 2 buffers).
     fn rearm_starved(&mut self) {
-        // A buffer the kernel is still filling is ours by count but still in its ring.
-        let mut budget = self.bufs.as_ref().map_or(0, BufRing::available) + self.filling.len();
+        let mut budget = self.rearm_budget();
         while budget > 0 {
             let Some(key) = self.starved.pop_front() else { break };
             let mut rearmed = false;
             self.with_conn(key, |c, _| rearmed = c.unstarve());
             budget -= usize::from(rearmed);
         }
+    }
+
+    /// How many starved receives are worth re-arming now: one per buffer the kernel can
+    /// pick. A buffer it is still filling (incremental consumption) is ours by count but
+    /// still in its ring.
+    fn rearm_budget(&self) -> usize {
+        self.bufs.as_ref().map_or(0, BufRing::available) + self.filling.len()
     }
 
     fn begin_stop(&mut self) {
