@@ -375,10 +375,10 @@ impl Perf {
 /// default, and the optional features that survive a dry ring, at once (zero-copy sends
 /// hold their buffers until the peer's ACK frees the pages, which changes how a ring runs
 /// dry: with 2 buffers it waits out a delayed ACK per buffer, 85 s here; 32 still run dry
-/// 12,000 times in 3 s). Bundles are left out: under this test a bundle receive armed on
-/// a dry ring was not completed when buffers came back (see the README), which is why they
-/// are opt-in; `uring_bundles_carry_several_buffers` tests them with a ring that stays wet.
-/// Incremental consumption turns 2 buffers into one of twice the size, shared by every
+/// 12,000 times in 3 s). Bundles are here since a dry ring no longer stalls them (a
+/// starved receive with a request unread while the worker slept, 3 of 8 parallel runs;
+/// see `Worker::rearm_starved`); `uring_bundles_carry_several_buffers` tests them with a
+/// ring that stays wet. Incremental consumption turns 2 buffers into one of twice the size, shared by every
 /// receive until it is full.
 const SCARCE_VARIANTS: [(&str, u16); 4] =
     [("uring", 2), ("uring-bundle", 2), ("uring-inc", 2), ("uring-direct-zc-regbuf", 32)];

@@ -225,8 +225,7 @@ pub const SWITCHES: &[Switch] = &[
         name: "bundle",
         backend: Some("uring"),
         flag: Some("uring-bundle"),
-        help: "io_uring: receive bundles, one completion for every buffer an arrival filled (Linux 6.10+; \
-               can stall when the buffer ring runs dry, see the README)",
+        help: "io_uring: receive bundles, one completion for every buffer an arrival filled (Linux 6.10+)",
         apply: |c| c.uring.bundle = true,
     },
     Switch {

@@ -95,10 +95,10 @@ impl BufRing {
             entry_bid: (0..count).map(|_| Cell::new(0)).collect(),
             bid_entry: (0..count).map(|_| Cell::new(0)).collect(),
         };
+        let flags = if incremental { IOU_PBUF_RING_INC } else { 0 };
         // SAFETY: `entries` is page-aligned, zeroed, `count` entries long, and lives until
         // `Inner` drops, which happens only after the group is unregistered or the ring is
         // gone (a worker that cannot unregister leaks the ring instead).
-        let flags = if incremental { IOU_PBUF_RING_INC } else { 0 };
         unsafe { sub.register_buf_ring_with_flags(entries.as_ptr() as u64, count, group, flags)? };
         for bid in 0..count {
             inner.recycle(bid);
