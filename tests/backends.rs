@@ -26,7 +26,7 @@ fn assert_ok(r: &client::ClientReport) {
     assert!(r.ok(), "client run failed: {} errors, first: {first:?}", r.summary.errors);
 }
 
-backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_defer_taskrun, uring_no_sendvec, uring_bundle, uring_inc, uring_zc, uring_regbuf, uring_direct, uring_direct_zc_regbuf, uring_sqpoll, threads] {
+backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_defer_taskrun, uring_no_sendvec, uring_no_recv_cap, uring_bundle, uring_inc, uring_zc, uring_regbuf, uring_direct, uring_direct_zc_regbuf, uring_sqpoll, threads] {
     fn echoes_every_size_byte_exact(backend) {
         let srv = TestServer::start(backend);
         let mut expected_rows = 0;

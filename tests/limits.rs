@@ -1,7 +1,8 @@
-//! Reliability at the limits, for every backend: running out of descriptors, slow and
-//! vanished clients, resets, SIGTERM under load, a server that dies under its clients, and
-//! scale. Each body runs in a short form in CI; the heavy forms (19,000 connections, 200
-//! slow readers, SIGTERM under 4000 clients, 500 resets) are `#[ignore]`d:
+//! Reliability at the limits, for every backend: running out of descriptors, vanished
+//! clients, resets, SIGTERM under load, a server that dies under its clients, and scale
+//! (clients that do not read are in `flow_control.rs`). Each body runs in a short form in
+//! CI; the heavy forms (19,000 connections, SIGTERM under 4000 clients, 500 resets) are
+//! `#[ignore]`d:
 //!
 //! ```text
 //! cargo test --release --test limits -- --ignored --test-threads 1
@@ -11,8 +12,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -98,84 +97,6 @@ fn fd_exhaustion(backend: &Variant) {
     assert!(summary["accept_fd_exhausted"].as_u64().unwrap() >= 1);
     let reports = notices_of(&summary, "out_of_fds");
     assert_eq!(reports, 1, "reported once, not per attempt: {}", summary["notices"]);
-}
-
-/// Clients that send `mib` MiB each without reading: the server stops reading from them,
-/// its memory stays within about 1 MiB per connection, and every byte comes back in order
-/// once they read.
-fn slow_readers(backend: &Variant, clients: usize, mib: usize) {
-    let srv = ServerProc::spawn(backend, &["--workers", "1"], None);
-    std::thread::sleep(Duration::from_millis(100));
-    let rss0 = srv.rss_kib();
-    let written = Arc::new(AtomicU64::new(0));
-    let mut readers = Vec::new();
-    let mut writers = Vec::new();
-    for i in 0..clients {
-        let s = connect_small_buffers(srv.addr);
-        s.set_write_timeout(Some(Duration::from_secs(120))).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let data = pattern(i, mib << 20);
-        let counter = Arc::clone(&written);
-        writers.push(std::thread::spawn(move || {
-            for chunk in data.chunks(64 * 1024) {
-                w.write_all(chunk).unwrap();
-                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            }
-            w.shutdown(std::net::Shutdown::Write).unwrap();
-        }));
-        readers.push(s);
-    }
-    // Wait until the writers are stuck: TCP flow control is holding them back.
-    let mut last = 0;
-    let mut stable_since = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while stable_since.elapsed() < Duration::from_millis(500) {
-        assert!(Instant::now() < deadline, "writers never stalled");
-        std::thread::sleep(Duration::from_millis(50));
-        let now = written.load(Ordering::Relaxed);
-        if now != last {
-            last = now;
-            stable_since = Instant::now();
-        }
-    }
-    let total = (clients * (mib << 20)) as u64;
-    assert!(last < total, "the server took all {total} bytes without anyone reading");
-    let grown_kib = srv.rss_kib().saturating_sub(rss0);
-    let allowed_kib = clients as u64 * 1024 + 16 * 1024;
-    assert!(grown_kib <= allowed_kib, "server grew {grown_kib} KiB for {clients} slow readers (allowed {allowed_kib})");
-    eprintln!(
-        "{}: {clients} slow readers: server RSS grew {grown_kib} KiB ({} KiB each)",
-        backend.name,
-        grown_kib / clients as u64
-    );
-    let mut checkers = Vec::new();
-    for (i, mut s) in readers.into_iter().enumerate() {
-        checkers.push(std::thread::spawn(move || {
-            expect_read(&mut s, &pattern(i, mib << 20));
-            expect_eof(&mut s);
-        }));
-    }
-    for t in checkers.into_iter().chain(writers) {
-        t.join().unwrap();
-    }
-    let (status, _, rows, _) = srv.terminate();
-    assert!(status.success());
-    assert_eq!(rows.len(), clients);
-    assert!(rows.iter().all(|r| r.bytes == (mib << 20) as u64 && r.close_reason == CloseReason::Eof));
-}
-
-/// A client socket with 64 KiB send and receive buffers (set before connecting, so TCP
-/// autotuning cannot grow them): what the kernel can hold for a client that does not read
-/// stays small, so the server's flow control is what stops the writer.
-fn connect_small_buffers(addr: std::net::SocketAddr) -> std::net::TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(64 * 1024).unwrap();
-    sock.set_send_buffer_size(64 * 1024).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    let s = std::net::TcpStream::from(sock);
-    s.set_nodelay(true).unwrap();
-    s
 }
 
 /// `n` clients reset mid-request while another keeps being served.
@@ -309,18 +230,9 @@ fn many_connections(backend: &Variant, conns: usize, requests: u64) {
     assert_eq!(out.status.success(), rejected == 0, "{stdout}{}", String::from_utf8_lossy(&out.stderr));
 }
 
-backend_suite!([epoll, uring, uring_no_bufring, uring_bundle, uring_inc, uring_zc, uring_direct, uring_direct_zc_regbuf, threads] {
+backend_suite!([epoll, uring, uring_no_bufring, uring_no_recv_cap, uring_bundle, uring_inc, uring_zc, uring_direct, uring_direct_zc_regbuf, threads] {
     fn keeps_serving_and_does_not_spin_when_out_of_descriptors(backend) {
         fd_exhaustion(&backend);
-    }
-
-    fn slow_readers_get_every_byte_with_bounded_memory(backend) {
-        slow_readers(&backend, 20, 8);
-    }
-
-    #[ignore = "heavy: 200 slow readers of 8 MiB each"]
-    fn slow_readers_200(backend) {
-        slow_readers(&backend, 200, 8);
     }
 
     #[ignore = "heavy: 500 resets"]

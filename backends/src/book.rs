@@ -152,6 +152,9 @@ pub struct ThreadStats {
     /// io_uring only, incremental consumption: receives whose data went into a buffer
     /// an earlier receive had used part of (what incremental buffers save: a buffer each).
     pub shared_buffer_receives: u64,
+    /// io_uring only: receives into a connection's own fallback buffer because the ring
+    /// had none to give (clients that do not read their echoes can hold every buffer).
+    pub own_buffer_receives: u64,
 }
 
 impl ThreadStats {
@@ -169,6 +172,7 @@ impl ThreadStats {
         self.bundle_extra_buffers += o.bundle_extra_buffers;
         self.zc_notifications += o.zc_notifications;
         self.shared_buffer_receives += o.shared_buffer_receives;
+        self.own_buffer_receives += o.own_buffer_receives;
     }
 }
 

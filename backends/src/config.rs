@@ -65,6 +65,12 @@ pub struct UringOptions {
     /// taking a whole one.
     #[serde(default)]
     pub incremental: bool,
+    /// Each multishot receive is armed with a byte cap, the connection's flow-control
+    /// headroom (Linux 6.17+): the kernel ends it once that much arrived. Without it the
+    /// kernel may fill hundreds of buffers for one client before the cancel at 64 KiB of
+    /// queued echo lands. (Raw files written before had none.)
+    #[serde(default)]
+    pub recv_cap: bool,
     /// Provided buffers per worker (a power of two, at most 32768).
     pub buffers: u16,
     /// Bytes per provided buffer (and per connection without a buffer ring).
@@ -97,6 +103,7 @@ impl Default for UringOptions {
             regbuf: false,
             direct: false,
             incremental: false,
+            recv_cap: true,
             buffers: DEFAULT_URING_BUFFERS,
             buffer_size: DEFAULT_URING_BUFFER_SIZE_BYTES,
             cq_entries: DEFAULT_URING_CQ_ENTRIES,
@@ -220,6 +227,13 @@ pub const SWITCHES: &[Switch] = &[
         flag: Some("uring-no-sendvec"),
         help: "io_uring: one send per received buffer instead of one vectored send for all queued",
         apply: |c| c.uring.sendvec = false,
+    },
+    Switch {
+        name: "no-recv-cap",
+        backend: Some("uring"),
+        flag: Some("uring-no-recv-cap"),
+        help: "io_uring: multishot receives without a byte cap; flow control only by cancelling them",
+        apply: |c| c.uring.recv_cap = false,
     },
     Switch {
         name: "bundle",

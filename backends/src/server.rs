@@ -104,6 +104,9 @@ pub struct ServerSummary {
     pub zc_notifications: u64,
     #[serde(default)]
     pub shared_buffer_receives: u64,
+    /// io_uring: receives into a connection's own buffer while the ring had none.
+    #[serde(default)]
+    pub own_buffer_receives: u64,
     pub nofile_soft: u64,
     pub nofile_hard: u64,
     /// What the server reported while running (each kind once per episode).
@@ -148,14 +151,15 @@ impl fmt::Display for ServerSummary {
                 f,
                 "  io_uring           {} SQEs submitted, {} CQEs reaped, buffer ring empty {}x, CQ overflow {}, \
                  {} buffers in bundles past the first, {} zero-copy notifications, {} receives into a \
-                 buffer already in use",
+                 buffer already in use, {} into a connection's own buffer (ring dry)",
                 self.sqes_submitted,
                 self.cqes_reaped,
                 self.bufring_empty,
                 self.cq_overflow,
                 self.bundle_extra_buffers,
                 self.zc_notifications,
-                self.shared_buffer_receives
+                self.shared_buffer_receives,
+                self.own_buffer_receives
             )?;
         }
         if !self.features.is_empty() {
@@ -314,6 +318,7 @@ fn serve(
         bundle_extra_buffers: total.bundle_extra_buffers,
         zc_notifications: total.zc_notifications,
         shared_buffer_receives: total.shared_buffer_receives,
+        own_buffer_receives: total.own_buffer_receives,
         nofile_soft,
         nofile_hard,
         notices,

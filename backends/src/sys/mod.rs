@@ -131,6 +131,14 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((owned(fds[0]), owned(fds[1])))
 }
 
+/// A connected pair of close-on-exec Unix stream sockets (for probes).
+pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a writable array of two ints, as socketpair requires.
+    cvt(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })?;
+    Ok((owned(fds[0]), owned(fds[1])))
+}
+
 /// Duplicates `fd` onto descriptor number `to` (without close-on-exec). Makes one
 /// syscall and no allocation, so it may run in a `pre_exec` hook.
 pub fn dup_to(fd: RawFd, to: RawFd) -> io::Result<()> {

@@ -8,11 +8,19 @@
 //!   up to [`SEND_IOV_MAX`] queued chunks at once, straight from the receive buffers they
 //!   arrived in: a 16 KiB write that came in as four 4 KiB completions leaves in one send,
 //!   not four sends each waiting for the one before;
-//! - flow control: at [`PENDING_HIGH_BYTES`] of queued echo a multishot receive is
-//!   cancelled, and it is re-armed only below [`PENDING_LOW_BYTES`] (with per-connection
-//!   buffers, only once the queue is empty: the one buffer is in the queue);
+//! - flow control: a multishot receive is armed with a byte cap, the room left below
+//!   [`PENDING_HIGH_BYTES`] of queued echo, so the kernel ends it there (Linux 6.17+;
+//!   without the cap it is cancelled at the mark, and may have filled hundreds of buffers
+//!   for one client by the time the cancel lands); it is re-armed only below
+//!   [`PENDING_LOW_BYTES`] (with per-connection buffers, only once the queue is empty:
+//!   the one buffer is in the queue);
 //! - a connection is finished only when nothing of its is in flight, so its buffers
 //!   outlive every request that points into them;
+//! - a receive starved of ring buffers goes on into the connection's own buffer (made
+//!   the first time, [`OWN_FALLBACK_BYTES`]) whenever that buffer is free: clients that
+//!   send without reading their echoes each hold up to [`SEND_IOV_MAX`] + 1 buffers, so
+//!   about 120 of them can hold a default ring, and without the fallback every other
+//!   connection of the worker would wait for them to read;
 //! - a zero-copy send's buffers are held until the kernel's notification says it has let
 //!   go of them, which comes after the send's own completion. Each zero-copy send has its
 //!   own tag ([`ZC_TAG`] with a sequence number), so a notification frees the buffers of
@@ -31,7 +39,8 @@ use super::buf_ring::{BufRing, BUF_GROUP};
 use super::chunk::{Buf, Chunk, Filled};
 use super::desc::{on_socket, Desc};
 use super::ring::{Cqe, Ring};
-use super::user_data;
+use super::sqe::with_recv_cap;
+use super::user_data::{self, Op, ZC_SEQS, ZC_TAG};
 use crate::book::{CloseReason, ConnMeter, ThreadStats};
 use crate::table::{Key, Tracked};
 
@@ -43,39 +52,13 @@ pub const PENDING_HIGH_BYTES: usize = 64 * 1024;
 pub const PENDING_LOW_BYTES: usize = 16 * 1024;
 /// Chunks one vectored send carries at most: [`PENDING_HIGH_BYTES`] of 4 KiB buffers.
 pub const SEND_IOV_MAX: usize = 16;
+/// The most a connection's own fallback buffer holds (a ring's buffers may be larger:
+/// 64 KiB each with incremental consumption, too much to give every starved connection).
+pub const OWN_FALLBACK_BYTES: usize = 4096;
 
-/// A zero-copy send's tag: this bit pattern in the top two bits, its sequence number in
-/// the low six (so it never looks like [`Op`] or the doorbell).
-pub const ZC_TAG: u8 = 0x40;
-const ZC_SEQS: u8 = 64;
 /// Zero-copy sends of one connection whose notification is still due, at most: the next
 /// send waits for one (half the sequence space, so a number is never reused while due).
-const ZC_HELD_MAX: usize = 32;
-
-/// The sequence number of a zero-copy send's tag.
-pub fn zc_seq(tag: u8) -> Option<u8> {
-    (tag & 0xC0 == ZC_TAG).then_some(tag & (ZC_SEQS - 1))
-}
-
-/// The worker's operations, as `user_data` tags.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Op {
-    Recv = 1,
-    Send = 2,
-    Cancel = 3,
-    Close = 4,
-    /// The poll on the server's stop signal.
-    Stop = 5,
-    /// Installing the connection's descriptor in the ring's file table.
-    Install = 6,
-}
-
-impl Op {
-    pub fn from_tag(tag: u8) -> Option<Op> {
-        [Op::Recv, Op::Send, Op::Cancel, Op::Close, Op::Stop, Op::Install].into_iter().find(|o| *o as u8 == tag)
-    }
-}
+const ZC_HELD_MAX: usize = ZC_SEQS as usize / 2;
 
 /// Where the connection's receive stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +129,8 @@ pub struct Io<'a, 'r> {
     pub sendvec: bool,
     /// Receive bundles.
     pub bundle: bool,
+    /// Multishot receives capped at the flow-control headroom.
+    pub recv_cap: bool,
     /// Zero-copy sends from this many bytes on.
     pub zc_min_bytes: Option<u32>,
     /// The buffer ring's memory is registered buffer 0.
@@ -161,7 +146,8 @@ pub struct UConn {
     desc: Desc,
     key: Key,
     meter: ConnMeter,
-    /// Without a buffer ring: this connection's receive buffer.
+    /// Without a buffer ring: this connection's receive buffer. With one: its fallback
+    /// for when the ring has none to give, made the first time that happens.
     own: Option<Box<[u8]>>,
     queue: VecDeque<Chunk>,
     queued_bytes: usize,
@@ -236,10 +222,17 @@ impl UConn {
     /// connection's own buffer.
     pub fn arm_recv(&mut self, io: &mut Io<'_, '_>) {
         let target = self.desc.target();
+        // Capped, the kernel ends the receive once the queue could reach the high mark,
+        // instead of filling buffers until the cancel lands (hundreds of them for one
+        // client whose socket holds a backlog). Never 0: that means no cap.
+        let capped = |e| match io.recv_cap {
+            true => with_recv_cap(e, PENDING_HIGH_BYTES.saturating_sub(self.queued_bytes).max(1) as u32),
+            false => e,
+        };
         let e = if io.multishot && io.bundle {
-            on_socket!(target, |fd| opcode::RecvMultiBundle::new(fd, BUF_GROUP).build())
+            capped(on_socket!(target, |fd| opcode::RecvMultiBundle::new(fd, BUF_GROUP).build()))
         } else if io.multishot {
-            on_socket!(target, |fd| opcode::RecvMulti::new(fd, BUF_GROUP).build())
+            capped(on_socket!(target, |fd| opcode::RecvMulti::new(fd, BUF_GROUP).build()))
         } else if io.bufs.is_some() {
             let size = io.buffer_size as u32;
             on_socket!(target, |fd| opcode::Recv::new(fd, std::ptr::null_mut(), size)
@@ -251,6 +244,26 @@ impl UConn {
             let (ptr, len) = (own.as_mut_ptr(), own.len() as u32);
             on_socket!(target, |fd| opcode::Recv::new(fd, ptr, len).build())
         };
+        self.recv = Recv::Armed;
+        self.push(io, e, Op::Recv);
+    }
+
+    /// Whether the own buffer may be received into: nothing queued lies in it, and no
+    /// zero-copy send may still be reading it (held sends are not told apart by buffer,
+    /// so any held one counts).
+    fn own_free(&self) -> bool {
+        self.zc_held.is_empty() && !self.queue.iter().any(|ch| matches!(ch.buf, Buf::Own))
+    }
+
+    /// A starved receive goes on into the connection's own buffer, single-shot: the ring
+    /// is tried again after it completes (see [`UConn::settle`]).
+    fn arm_own_recv(&mut self, io: &mut Io<'_, '_>) {
+        let size = io.buffer_size.min(OWN_FALLBACK_BYTES);
+        let own = self.own.get_or_insert_with(|| vec![0u8; size].into_boxed_slice());
+        let (ptr, len) = (own.as_mut_ptr(), own.len() as u32);
+        let target = self.desc.target();
+        let e = on_socket!(target, |fd| opcode::Recv::new(fd, ptr, len).build());
+        io.stats.own_buffer_receives += 1;
         self.recv = Recv::Armed;
         self.push(io, e, Op::Recv);
     }
@@ -282,8 +295,9 @@ impl UConn {
             // Resumed by the next notification (`on_notif`).
             return;
         }
-        // Registered buffer 0 is the buffer ring's memory, where every chunk lies.
-        let fixed = (zc && io.fixed).then_some(0);
+        // Registered buffer 0 is the buffer ring's memory, where every chunk lies but
+        // those in the connection's own fallback buffer.
+        let fixed = (zc && io.fixed && !self.queue.iter().take(n).any(|ch| matches!(ch.buf, Buf::Own))).then_some(0);
         let target = self.desc.target();
         let e = if n == 1 {
             let Some(ch) = self.queue.front() else { return };
@@ -475,6 +489,11 @@ impl UConn {
                 };
                 if self.recv == Recv::Idle && drained {
                     self.arm_recv(io);
+                } else if self.recv == Recv::Starved && drained && io.bufs.is_some() && self.own_free() {
+                    // The ring ran dry on this receive: on at once into the own buffer
+                    // rather than wait for buffers that clients not reading may never
+                    // give back. (Its entry in the worker's starved list finds it armed.)
+                    self.arm_own_recv(io);
                 }
                 None
             }

@@ -39,17 +39,20 @@
 //!
 //! Every feature is probed at start, falls back when missing, can be switched off
 //! (`--uring-no-multishot`, `--uring-no-bufring`, `--uring-no-defer-taskrun`,
-//! `--uring-no-sendvec`) or on, and is reported in the summary.
+//! `--uring-no-sendvec`, `--uring-no-recv-cap`) or on, and is reported in the summary.
 //!
 //! # Correctness rules
 //! - A connection's state, its queued buffers and its own buffer (without a buffer ring)
 //!   live until its last in-flight operation completes; only then is its descriptor closed
 //!   (with `IORING_OP_CLOSE`) and its slot reused, with a new generation in `user_data` so a
 //!   stale completion can never be mistaken for the new connection's.
-//! - Flow control: when a client does not read its echo, queued bytes grow; at
-//!   [`PENDING_HIGH_BYTES`] the multishot receive is cancelled and is re-armed only when the
-//!   queue drains below [`PENDING_LOW_BYTES`]. The client is then held back by TCP flow
-//!   control, as with epoll, and memory per connection stays bounded.
+//! - Flow control: when a client does not read its echo, queued bytes grow; the multishot
+//!   receive is armed with a byte cap (Linux 6.17+) so the kernel ends it at
+//!   [`PENDING_HIGH_BYTES`] of queued echo (without the cap it is cancelled there), and it
+//!   is re-armed only when the queue drains below [`PENDING_LOW_BYTES`]. The client is then
+//!   held back by TCP flow control, as with epoll, and memory per connection stays
+//!   bounded: 66–87 KiB of a client that never reads, where the cancel alone let one
+//!   such client hold 680–880 KiB (tests/limits.rs, 200 such clients).
 //! - `ENOBUFS` (the buffer ring ran dry) ends a multishot receive without losing data (it
 //!   stays in the socket); the connection is re-armed as soon as buffers come back.
 //! - A multishot request that ends (no `IORING_CQE_F_MORE`) is re-armed if still wanted.
@@ -70,6 +73,7 @@ mod conn;
 mod desc;
 mod probe;
 mod ring;
+mod sqe;
 mod user_data;
 mod worker;
 

@@ -3,9 +3,12 @@
 
 use std::io;
 
-use io_uring::{opcode, IoUring, Probe};
+use std::os::fd::{AsFd, AsRawFd};
+
+use io_uring::{cqueue, opcode, types, IoUring, Probe};
 
 use super::buf_ring::BufRing;
+use super::sqe::with_recv_cap;
 use crate::config::{UringOptions, INC_BUFFER_SCALE};
 use crate::sys;
 
@@ -51,6 +54,8 @@ pub struct Features {
     /// Incremental buffer consumption: `buffers` and `buffer_size` are already the
     /// fewer, larger buffers it uses.
     pub incremental: bool,
+    /// Multishot receives are capped at the connection's flow-control headroom.
+    pub recv_cap: bool,
 }
 
 fn unavailable(e: io::Error) -> io::Error {
@@ -131,12 +136,14 @@ impl Features {
             b.setup_submit_all();
         });
         let kernel = sys::kernel_version();
-        let bufring = opts.bufring && kernel >= (5, 19) && BufRing::new(&ring.submitter(), 8, 64, false).is_ok();
-        // Probed with a real registration (a second group, since group 0 is taken above).
-        let incremental = opts.incremental
-            && bufring
-            && kernel >= (6, 12)
-            && BufRing::with_group(&ring.submitter(), 8, 64, true, PROBE_GROUP).is_ok();
+        // Probed with real registrations, kept until the ring is gone (the kernel may
+        // read a registered ring's entries until then).
+        let plain_bufs = (opts.bufring && kernel >= (5, 19)).then(|| BufRing::new(&ring.submitter(), 8, 64, false));
+        let bufring = plain_bufs.as_ref().is_some_and(|b| b.is_ok());
+        // A second group, since group 0 is taken above.
+        let inc_bufs = (opts.incremental && bufring && kernel >= (6, 12))
+            .then(|| BufRing::with_group(&ring.submitter(), 8, 64, true, PROBE_GROUP));
+        let incremental = inc_bufs.as_ref().is_some_and(|b| b.is_ok());
         // The same memory in fewer, larger buffers (never fewer than one).
         let (buffers, buffer_size) = if incremental {
             let count = (opts.buffers / INC_BUFFER_SCALE).max(1);
@@ -184,7 +191,10 @@ impl Features {
                 && probe.is_supported(opcode::FilesUpdate::CODE)
                 && ring.submitter().register_files_sparse(4).is_ok(),
             incremental,
+            recv_cap: opts.recv_cap && opts.multishot && bufring && kernel >= (6, 0) && recv_cap_works(),
         };
+        drop(ring);
+        drop((plain_bufs, inc_bufs));
         // The flags were probed one by one; make sure the combination is accepted too.
         feat.build_ring(8, 16)?;
         Ok(feat)
@@ -249,8 +259,32 @@ impl Features {
             ("zc".into(), self.zc_min_bytes.map_or_else(|| "off".into(), |b| format!(">={b}B"))),
             ("regbuf".into(), on(self.regbuf)),
             ("direct_descriptors".into(), on(self.direct)),
+            ("recv_cap".into(), on(self.recv_cap)),
         ]
     }
+}
+
+/// Whether a multishot receive honours a byte cap (Linux 6.17): armed with a cap of one
+/// byte on a socket pair already holding 32, it must complete once with all 32 and end
+/// (no `IORING_CQE_F_MORE`). An older kernel ignores the field and keeps it armed.
+fn recv_cap_works() -> bool {
+    const SENT: usize = 32;
+    let Ok(mut ring) = IoUring::new(4) else { return false };
+    let Ok(bufs) = BufRing::with_group(&ring.submitter(), 2, 64, false, PROBE_GROUP) else { return false };
+    let Ok((rx, tx)) = sys::socketpair() else { return false };
+    if sys::write(tx.as_fd(), &[7u8; SENT]).ok() != Some(SENT) {
+        return false;
+    }
+    let e = with_recv_cap(opcode::RecvMulti::new(types::Fd(rx.as_raw_fd()), PROBE_GROUP).build(), 1);
+    // SAFETY: the receive writes only into the registered buffers, which live until after
+    // the ring (dropped first below, which ends any request still armed).
+    let pushed = unsafe { ring.submission().push(&e) }.is_ok();
+    let ended_at_cap = pushed
+        && ring.submit_and_wait(1).is_ok()
+        && ring.completion().next().is_some_and(|c| c.result() == SENT as i32 && !cqueue::more(c.flags()));
+    drop(ring);
+    drop(bufs);
+    ended_at_cap
 }
 
 #[cfg(test)]
@@ -305,5 +339,18 @@ mod tests {
         assert_eq!(sendvec(&full), "on");
         assert_eq!(sendvec(&UringOptions { sendvec: false, ..full.clone() }), "off");
         assert_eq!(sendvec(&UringOptions { bufring: false, ..full }), "off", "one own buffer queues one chunk");
+    }
+
+    /// The receive cap is on by default from Linux 6.17 (the probe's functional test
+    /// passes there and fails before), follows its switch, and needs a multishot receive.
+    #[test]
+    fn the_receive_cap_is_probed_and_follows_its_switch() {
+        let full = UringOptions::default();
+        let here = sys::kernel_version() >= (6, 17);
+        assert_eq!(recv_cap_works(), here, "a 6.17+ kernel ends a capped multishot receive at its cap");
+        assert_eq!(feature(&full, "recv_cap"), if here { "on" } else { "off" });
+        assert_eq!(feature(&UringOptions { recv_cap: false, ..full.clone() }, "recv_cap"), "off");
+        assert_eq!(feature(&UringOptions { multishot: false, ..full.clone() }, "recv_cap"), "off");
+        assert_eq!(feature(&UringOptions { bufring: false, ..full }, "recv_cap"), "off");
     }
 }

@@ -11,6 +11,37 @@ use crate::table::Key;
 /// worker's (the posted completion).
 pub const WAKE: u8 = 0x80;
 
+/// A zero-copy send's tag: this bit pattern in the top two bits, its sequence number in
+/// the low six (so it never looks like an [`Op`] or the doorbell).
+pub const ZC_TAG: u8 = 0x40;
+/// Sequence numbers a zero-copy tag has room for.
+pub const ZC_SEQS: u8 = 64;
+
+/// The sequence number of a zero-copy send's tag.
+pub fn zc_seq(tag: u8) -> Option<u8> {
+    (tag & 0xC0 == ZC_TAG).then_some(tag & (ZC_SEQS - 1))
+}
+
+/// The worker's operations, as `user_data` tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Recv = 1,
+    Send = 2,
+    Cancel = 3,
+    Close = 4,
+    /// The poll on the server's stop signal.
+    Stop = 5,
+    /// Installing the connection's descriptor in the ring's file table.
+    Install = 6,
+}
+
+impl Op {
+    pub fn from_tag(tag: u8) -> Option<Op> {
+        [Op::Recv, Op::Send, Op::Cancel, Op::Close, Op::Stop, Op::Install].into_iter().find(|o| *o as u8 == tag)
+    }
+}
+
 pub fn pack(tag: u8, key: Key) -> u64 {
     u64::from(tag) << 56 | key.pack()
 }

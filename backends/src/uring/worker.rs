@@ -15,10 +15,10 @@ use io_uring::{cqueue, opcode};
 use super::buf_ring::RingBuf;
 use super::buf_ring::{BufRing, BUF_GROUP};
 use super::chunk::Filled;
-use super::conn::{zc_seq, Io, Op, UConn};
+use super::conn::{Io, UConn};
 use super::probe::Features;
 use super::ring::{Cqe, Ring};
-use super::user_data;
+use super::user_data::{self, zc_seq, Op};
 use crate::book::{CloseReason, ThreadBook};
 use crate::handoff::{Inbox, NewConn};
 use crate::shared::Shared;
@@ -181,6 +181,7 @@ impl<'r> Worker<'_, 'r> {
             multishot: self.feat.multishot_recv,
             sendvec: self.feat.sendvec,
             bundle: self.feat.bundle,
+            recv_cap: self.feat.recv_cap,
             zc_min_bytes: self.feat.zc_min_bytes,
             fixed: self.fixed,
             direct: self.direct,
