@@ -111,35 +111,42 @@ impl<X, R> Board<X, R> {
     ) -> (Arc<SliceRun<X, R>>, Vec<R>, Window, f64) {
         let run = Arc::new(SliceRun {
             stop,
-            gate: Gate::default(),
+            gate: Gate::new(n),
             shared,
             results: Mutex::new(Vec::with_capacity(n)),
             delivered: Condvar::new(),
         });
         let closed = run.gate.close();
         self.post(Arc::clone(&run));
-        run.gate.wait_for(n);
+        run.gate.wait_for_all();
         before_start();
         // Marked before the gate opens: once thousands of threads are released, this
         // thread may not run again until most of the work is done.
         let window = Window::start(&cfg.phases);
         let t0 = run.gate.open(closed);
-        let results = run.collect(n);
+        let results = run.collect();
         let wall_s = t0.elapsed().as_secs_f64();
         (Arc::clone(&run), results, window.end(&cfg.phases), wall_s)
     }
 }
 
 impl<X, R> SliceRun<X, R> {
-    /// A thread's results for this slice.
+    /// A thread's results for this slice; the last of the gate's threads to deliver wakes
+    /// the collector (one wake-up a slice, not one a thread: see `Gate`).
     pub fn deliver(&self, r: R) {
-        self.results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
-        self.delivered.notify_all();
+        let all_in = {
+            let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
+            results.push(r);
+            results.len() >= self.gate.expected()
+        };
+        if all_in {
+            self.delivered.notify_one();
+        }
     }
 
-    fn collect(&self, n: usize) -> Vec<R> {
+    fn collect(&self) -> Vec<R> {
         let mut g = self.results.lock().unwrap_or_else(|p| p.into_inner());
-        while g.len() < n {
+        while g.len() < self.gate.expected() {
             g = self.delivered.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         std::mem::take(&mut *g)
