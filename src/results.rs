@@ -389,14 +389,18 @@ impl Place {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SliceLog {
     pub place: Option<Place>,
-    /// The servers, in the order of the first round (the next round reverses it).
+    /// The servers, baseline first (each block's record says the order it ran in).
     pub servers: Vec<String>,
     pub slice_s: f64,
     /// The precision asked for (± fraction), and the bounds on rounds and time.
     pub precision_target: Option<f64>,
     pub min_rounds: usize,
     pub max_rounds: usize,
+    /// The point's time budget, after the default's floor (see `matrix::Budget`).
     pub budget_s: f64,
+    /// Rounds per block (the longest block, with fixed rounds).
+    #[serde(default)]
+    pub block_rounds: usize,
     pub rounds: usize,
     /// Why no more rounds were run.
     pub stopped: String,
@@ -406,6 +410,11 @@ pub struct SliceLog {
     /// The blocks: each starts every server afresh, in its own order.
     #[serde(default)]
     pub blocks: Vec<BlockRecord>,
+    /// The first stage: once this many blocks have run, the intervals' spread is theirs
+    /// alone (see `report::stats::blocked_ratio`). 0: one stage (fixed rounds, no
+    /// precision target, or a log from before).
+    #[serde(default)]
+    pub first_stage_blocks: usize,
     /// Servers stopped (SIGSTOP) outside their own slices because they used CPU while
     /// not loaded.
     pub isolated: Vec<Isolation>,

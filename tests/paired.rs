@@ -135,7 +135,7 @@ fn a_paired_sweep_keeps_every_server_up_and_reports_how_sure_it_is() {
     for section in ["## Calibration (A/A): epoll-aa ÷ epoll", "## How sure: paired slices", "median of the ratios"] {
         assert!(md.contains(section), "{section}: {md}");
     }
-    assert!(md.contains("Held 1 at") && md.contains("| 12 | 64 | closed | 0.03 | 6 | 0 |"), "{md}");
+    assert!(md.contains("Held 1 at") && md.contains("| 12 | 64 | closed | 0.03 | 6 | 3 × 2 | 0 |"), "{md}");
     // The report is rebuilt from raw/ alone.
     let before: Vec<Vec<u8>> =
         ["overall.csv", "summary.md"].iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
@@ -163,14 +163,18 @@ fn precision_on_demand_stops_when_reached_on_max_rounds_or_on_the_budget() {
         let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
         (log["stopped"].as_str().unwrap().to_string(), log["rounds"].as_u64().unwrap(), md)
     };
-    // ±50 %: each of the two blocks (one per server) needs six pairs for an interval.
-    let (why, rounds, _) = stopped(&["--precision", "0.5"]);
+    // ±50 %: reached once there are blocks enough for an interval over blocks — two
+    // rotations (two blocks started in each order) of eight rounds.
+    let (why, rounds, md) = stopped(&["--precision", "0.5"]);
     assert_eq!(why, "precision reached");
-    assert!(rounds >= 12 && rounds % 2 == 0, "{rounds} rounds: blocks of at least six, as many each");
-    // Each block gets half of the rounds.
+    assert!(rounds >= 32 && rounds % 16 == 0, "{rounds} rounds: whole rotations of two blocks of eight");
+    assert!(md.contains(&format!("| {} × 8 |", rounds / 8)), "{md}");
+    assert!(md.contains("| blocks |"), "the interval is over blocks: {md}");
+    // A rotation (two blocks) never passes --max-rounds: blocks of four.
     let (why, rounds, md) = stopped(&["--precision", "0.0001", "--max-rounds", "8"]);
     assert_eq!((why.as_str(), rounds), ("max rounds", 8));
     assert!(md.contains("Stopped before reaching the precision asked for: 12 connections (max rounds)"), "{md}");
+    assert!(md.contains("| 2 × 4 |") && md.contains("| pairs |"), "two blocks: an interval over pairs only: {md}");
     let (why, _, md) = stopped(&["--precision", "0.0001", "--budget-s", "1"]);
     assert_eq!(why, "budget");
     assert!(md.contains("(budget)"), "{md}");
@@ -266,6 +270,8 @@ fn paired_flags_are_checked() {
         (&["--precision", "0.02", "--fresh-servers"][..], "--precision goes with paired slices"),
         (&["--min-rounds", "9", "--max-rounds", "8"][..], "--max-rounds 8 is below --min-rounds 9"),
         (&["--slice-s", "0"][..], "--slice-s"),
+        (&["--block-rounds", "0"][..], "--block-rounds"),
+        (&["--block-rounds", "4", "--fresh-servers"][..], "--block-rounds goes with paired slices"),
     ] {
         let out = ringbench().arg("matrix").args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

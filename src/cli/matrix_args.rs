@@ -12,7 +12,7 @@ use super::values::{
 };
 use super::{EngineArg, UsageError};
 use crate::client::{self, SPARE_FDS};
-use crate::matrix::{self, MatrixConfig, Target};
+use crate::matrix::{self, Budget, MatrixConfig, Target};
 use crate::workload::{Workload, DEFAULT_WINDOW_BYTES};
 
 /// Paired slices' defaults, chosen from measurements on this project's machines (README,
@@ -62,9 +62,16 @@ pub(super) struct MatrixArgs {
     /// Paired slices: the most rounds at a point [default: 1000].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
     max_rounds: Option<u64>,
-    /// Paired slices: a point's time budget for its rounds, in seconds [default: 40].
+    /// Paired slices: a point's time budget, starting servers and connecting included, in
+    /// seconds [default: 40, more where three rotations of the shortest blocks take longer];
+    /// a rotation of blocks is started only when it is expected to fit.
     #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
     budget_s: Option<Duration>,
+    /// Paired slices: the rounds of each block (every block starts every server afresh,
+    /// blocks come in whole rotations of the start order) [default: 8, fewer when the
+    /// budget would otherwise not fit three rotations; at least 3].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    block_rounds: Option<u64>,
     /// Calibration (A/A): a second instance of the baseline as a server of its own, so
     /// summary.md can say whether its intervals held 1.
     #[arg(long)]
@@ -211,6 +218,7 @@ impl MatrixArgs {
             (self.min_rounds.is_some(), "--min-rounds"),
             (self.max_rounds.is_some(), "--max-rounds"),
             (self.budget_s.is_some(), "--budget-s"),
+            (self.block_rounds.is_some(), "--block-rounds"),
         ];
         if let (true, Some((_, flag))) = (self.fresh_servers, paired_only.iter().find(|(set, _)| *set)) {
             return Err(UsageError(format!("{flag} goes with paired slices, not --fresh-servers")));
@@ -290,7 +298,8 @@ impl MatrixArgs {
             precision: self.precision.unwrap_or(DEFAULT_PRECISION),
             min_rounds,
             max_rounds,
-            budget_s: self.budget_s.map_or(DEFAULT_BUDGET_S, |d| d.as_secs_f64()),
+            budget: self.budget_s.map_or(Budget::Default(DEFAULT_BUDGET_S), |d| Budget::Given(d.as_secs_f64())),
+            block_rounds: self.block_rounds.map(|n| n as usize),
             fixed_rounds: if self.fresh_servers { None } else { self.repeats.or(q.then_some(1)).map(|n| n as usize) },
             aa: self.aa,
         })

@@ -103,13 +103,37 @@ pub struct MatrixConfig {
     /// Paired slices: the fewest and the most rounds at a point.
     pub min_rounds: usize,
     pub max_rounds: usize,
-    /// Paired slices: at most this many seconds of rounds at a point.
-    pub budget_s: f64,
+    /// Paired slices: how long a point may take, start-ups included.
+    pub budget: Budget,
+    /// Paired slices: rounds per block (`None`: the default, shortened to fit the budget).
+    pub block_rounds: Option<usize>,
     /// Paired slices: exactly this many rounds at every point (`--repeats`), no
     /// precision target.
     pub fixed_rounds: Option<usize>,
     /// A/A calibration: a second instance of the baseline as a server of its own.
     pub aa: bool,
+}
+
+/// A point's time budget in paired slices (in env.json: `{"given": s}` or `{"default": s}`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// `--budget-s`: at most this many seconds, however few blocks fit.
+    Given(f64),
+    /// The default: this many seconds, or where three rotations of the shortest blocks are
+    /// expected to take longer (the most connections), that long and a quarter more — an
+    /// interval over blocks needs two blocks of each start order, and is wide with only
+    /// two.
+    Default(f64),
+}
+
+impl Budget {
+    /// The seconds asked for, before any point's floor.
+    pub fn asked_s(self) -> f64 {
+        match self {
+            Budget::Given(s) | Budget::Default(s) => s,
+        }
+    }
 }
 
 impl MatrixConfig {

@@ -14,8 +14,18 @@ pub struct Progress {
     done: usize,
     unit: &'static str,
     t0: Instant,
-    /// Added to the pace-based estimate before the first unit ends (what the plan says).
-    first_guess: Option<Duration>,
+    /// When the unit now running began.
+    unit_t0: Instant,
+    estimate: Estimate,
+}
+
+/// How the time left is told.
+enum Estimate {
+    /// The pace so far times the units left (units of about equal length).
+    Pace,
+    /// Each unit's planned most, in order: what is left is at most the sum of the units not
+    /// yet done (paired points differ tenfold in length, and most stop on their budget).
+    AtMost(Vec<Duration>),
 }
 
 impl Progress {
@@ -27,12 +37,22 @@ impl Progress {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        Progress { bar, tty, total, done: 0, unit, t0: Instant::now(), first_guess: None }
+        Progress {
+            bar,
+            tty,
+            total,
+            done: 0,
+            unit,
+            t0: Instant::now(),
+            unit_t0: Instant::now(),
+            estimate: Estimate::Pace,
+        }
     }
 
-    /// Before any unit has finished, the time left is this guess (from the plan).
-    pub fn guess(&mut self, total: Duration) {
-        self.first_guess = Some(total);
+    /// Each unit's planned longest time, in order: the time left is told as at most the
+    /// plan of the units not yet done.
+    pub fn at_most(&mut self, each: Vec<Duration>) {
+        self.estimate = Estimate::AtMost(each);
     }
 
     /// What is running now (shown on the bar).
@@ -40,24 +60,30 @@ impl Progress {
         self.bar.set_message(format!("{} · {m}", self.left()));
     }
 
-    /// About how long is left: the pace so far times what remains.
+    /// About how long is left: the pace so far times what remains, or at most what the
+    /// plan gives the units not yet done.
     pub fn left(&self) -> String {
-        let left = if self.done == 0 {
-            self.first_guess.map(|g| g.saturating_sub(self.t0.elapsed()))
-        } else {
-            let each = self.t0.elapsed().as_secs_f64() / self.done as f64;
-            Some(Duration::from_secs_f64(each * (self.total - self.done) as f64))
-        };
-        match left {
-            Some(d) if self.done < self.total => format!("about {} left", human(d)),
-            Some(_) => "done".into(),
-            None => "time left not known yet".into(),
+        if self.done >= self.total {
+            return "done".into();
+        }
+        match &self.estimate {
+            Estimate::AtMost(each) => {
+                let running = each.get(self.done).map_or(Duration::ZERO, |d| d.saturating_sub(self.unit_t0.elapsed()));
+                let planned: Duration = running + each.iter().skip(self.done + 1).sum::<Duration>();
+                format!("at most about {} left", human(planned))
+            }
+            Estimate::Pace if self.done == 0 => "time left not known yet".into(),
+            Estimate::Pace => {
+                let each = self.t0.elapsed().as_secs_f64() / self.done as f64;
+                format!("about {} left", human(Duration::from_secs_f64(each * (self.total - self.done) as f64)))
+            }
         }
     }
 
     /// A unit finished: its line, with how many are done and the time left.
     pub fn done_one(&mut self, line: &str) {
         self.done += 1;
+        self.unit_t0 = Instant::now();
         let text = format!("[{}/{} {}, {}] {line}", self.done, self.total, self.unit, self.left());
         if self.tty {
             self.bar.println(format!("  {text}"));
@@ -95,5 +121,31 @@ pub fn human(d: Duration) -> String {
         format!("{} min", (s + 30) / 60)
     } else {
         format!("{} h {} min", s / 3600, (s % 3600 + 30) / 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planned_units_tell_the_most_that_is_left_not_the_pace() {
+        let mut p = Progress::new(2, "points");
+        p.at_most(vec![Duration::from_secs(640), Duration::from_secs(30)]);
+        assert_eq!(p.left(), "at most about 11 min left");
+        // A first point that ended early says nothing about the second's budget.
+        p.done_one("first");
+        let left = p.left();
+        assert!(left.starts_with("at most about ") && left.ends_with(" s left") && !left.contains("min"), "{left}");
+        p.done_one("second");
+        assert_eq!(p.left(), "done");
+    }
+
+    #[test]
+    fn units_without_a_plan_tell_the_pace_once_one_is_done() {
+        let mut p = Progress::new(3, "runs");
+        assert_eq!(p.left(), "time left not known yet");
+        p.done_one("first");
+        assert!(p.left().starts_with("about "), "{}", p.left());
     }
 }

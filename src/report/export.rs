@@ -79,9 +79,18 @@ pub fn host_labels(points: &[Point]) -> Vec<String> {
 }
 
 /// Paired slices' columns, at the end: the pairs each ratio stands on, the precision its
-/// headline intervals reached, and how its place's rounds went.
-const PAIRED_COLUMNS: [&str; 6] =
-    ["pairs", "precision_reached", "precision_target", "stopped_on", "rounds_left_out", "regime_changes"];
+/// headline intervals reached, and how its place's rounds went; then the blocks it ran in
+/// and whether its headline intervals were over blocks or (too few blocks) pairs alone.
+const PAIRED_COLUMNS: [&str; 8] = [
+    "pairs",
+    "precision_reached",
+    "precision_target",
+    "stopped_on",
+    "rounds_left_out",
+    "regime_changes",
+    "blocks",
+    "interval_over",
+];
 
 /// The columns of `overall.csv`, in order, with each point's cells.
 fn overall(points: &[Point], slices: &BTreeMap<Place, SliceLog>, base: &str) -> (Vec<String>, Vec<Vec<Cell>>) {
@@ -164,6 +173,11 @@ fn overall(points: &[Point], slices: &BTreeMap<Place, SliceLog>, base: &str) -> 
                 here.map_or(Cell::NotApplicable, |s| Cell::Text(s.stopped.clone())),
                 here.map_or(Cell::NotApplicable, |_| Cell::Int(p.rounds_left_out as u64)),
                 here.map_or(Cell::NotApplicable, |s| Cell::Int(s.regime_rounds as u64)),
+                here.map_or(Cell::NotApplicable, |s| Cell::Int(s.blocks as u64)),
+                match (here, p.backend == base) {
+                    (Some(s), false) => Cell::Text(if s.over_blocks { "blocks" } else { "pairs" }.into()),
+                    _ => Cell::NotApplicable,
+                },
                 Cell::Text(p.workload.name()),
             ]);
             row

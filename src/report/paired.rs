@@ -37,6 +37,12 @@ pub struct PlaceSure {
     /// Pairs whose ratio was an outlier (a switch between its two slices).
     pub straddling: usize,
     pub isolated: Vec<String>,
+    /// The blocks the point ran in, and the rounds of each.
+    pub blocks: usize,
+    pub block_rounds: usize,
+    /// Whether every headline interval here was taken over blocks (`false`: some over
+    /// pairs alone, for want of blocks).
+    pub over_blocks: bool,
 }
 
 fn headline() -> Vec<&'static Metric> {
@@ -70,6 +76,11 @@ pub fn places(points: &[Point], logs: &BTreeMap<Place, SliceLog>, base: &str) ->
                 .try_fold(None::<f64>, |w, h| h.map(|h| Some(w.map_or(h, |w| w.max(h)))))
                 .flatten();
             let (regime_rounds, regime_levels, straddling) = cpu.map_or((0, None, 0), |m| regimes(&here, m, base));
+            let over_blocks = here
+                .iter()
+                .filter(|p| p.backend != base)
+                .flat_map(|p| headline().into_iter().map(move |m| ratio(points, p, m, base)))
+                .all(|r| r.is_some_and(|r| r.blocks > 0));
             PlaceSure {
                 place: Some(*place),
                 rounds: log.rounds,
@@ -77,7 +88,7 @@ pub fn places(points: &[Point], logs: &BTreeMap<Place, SliceLog>, base: &str) ->
                 slice_s: log.slice_s,
                 precision,
                 target: log.precision_target,
-                stopped: log.stopped.clone(),
+                stopped: stopped_now(&log.stopped, precision, log.precision_target),
                 regime_rounds,
                 regime_levels,
                 straddling,
@@ -86,9 +97,33 @@ pub fn places(points: &[Point], logs: &BTreeMap<Place, SliceLog>, base: &str) ->
                     .iter()
                     .map(|i| format!("{} from round {}: {}", i.server, i.from_round, i.why))
                     .collect(),
+                blocks: log.blocks.len(),
+                block_rounds: block_rounds(log),
+                over_blocks,
             }
         })
         .collect()
+}
+
+/// Rounds per block: as logged, or for a log written before blocks had a fixed length,
+/// the longest block's.
+fn block_rounds(log: &SliceLog) -> usize {
+    if log.block_rounds > 0 {
+        return log.block_rounds;
+    }
+    log.blocks.iter().map(|b| (b.last_round + 1).saturating_sub(b.first_round)).max().unwrap_or(0)
+}
+
+const REACHED_BY_THE_RUN: &str = "precision reached by the run's estimator, not this one";
+
+/// Why a point stopped, as logged — unless the run's own estimator said the precision was
+/// reached and this one finds the intervals wider (a log from an older version, rebuilt
+/// by `report`): then that is said, rather than a precision the table contradicts.
+fn stopped_now(logged: &str, precision: Option<f64>, target: Option<f64>) -> String {
+    match (precision, target) {
+        (Some(p), Some(t)) if logged == "precision reached" && p > t => REACHED_BY_THE_RUN.to_string(),
+        _ => logged.to_string(),
+    }
 }
 
 /// Rounds in another regime (with the range of their levels) and straddling pairs, from
@@ -127,20 +162,24 @@ pub fn write_sureness(md: &mut String, points: &[Point], logs: &BTreeMap<Place, 
     let _ = writeln!(
         md,
         "Every server ran side by side for the whole point, each with its own client connected; short slices \
-         of load alternated between them in rounds, the order reversed every other round. A ratio is the \
-         median of the rounds' paired ratios with its distribution-free 95 % interval (sign test). \
-         **Precision** is the widest headline interval (CPU per request and req/s against {base}) as ±; \
-         **regime changes** are rounds in which every server's CPU per request moved together by more than \
-         {:.0} % (or four of the pairs' spreads) from the point's usual level — the machine, not a server; \
-         **straddling pairs** are pairs whose ratio was an outlier (a switch between their two slices), which \
-         the median does not follow. Rounds during which an idle server's CPU moved are left out.\n",
+         of load alternated between them in rounds, each block's rounds in its start order (no server twice in a row). Rounds ran in \
+         **blocks**, each starting every server afresh in a rotated order, blocks in whole rotations. A ratio \
+         is the mean of the blocks' median paired ratios with a Student t 95 % interval over blocks (start \
+         order taken out); **interval over** says \
+         `pairs` where blocks were too few for that (the interval is then over pairs alone and does not \
+         cover the spread between server processes — read it as narrower than it is). **Precision** is the \
+         widest headline interval (CPU per request and req/s against {base}) as ±; **regime changes** are \
+         rounds in which every server's CPU per request moved together by more than {:.0} % (or four of the \
+         pairs' spreads) from the point's usual level — the machine, not a server; **straddling pairs** are \
+         pairs whose ratio was an outlier (a switch between their two slices), which a median does not \
+         follow. Rounds during which an idle server's CPU moved are left out.\n",
         (REGIME_SHIFT - 1.0) * 100.0
     );
     let _ = writeln!(
         md,
-        "| conns | size B | rate | slice s | rounds | left out | precision | target | stopped on | regime changes | straddling pairs |"
+        "| conns | size B | rate | slice s | rounds | blocks × rounds | left out | precision | interval over | target | stopped on | regime changes | straddling pairs |"
     );
-    let _ = writeln!(md, "|---:|---:|---|---:|---:|---:|---:|---:|---|---|---:|");
+    let _ = writeln!(md, "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|---|---:|");
     for s in &sure {
         let Some(p) = s.place else { continue };
         let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |x| format!("±{:.1} %", x * 100.0));
@@ -150,14 +189,17 @@ pub fn write_sureness(md: &mut String, points: &[Point], logs: &BTreeMap<Place, 
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {regimes} | {} |",
+            "| {} | {} | {} | {} | {} | {} × {} | {} | {} | {} | {} | {} | {regimes} | {} |",
             p.connections,
             p.size_bytes,
             p.rate.map_or("closed".into(), |r| r.to_string()),
             s.slice_s,
             s.rounds,
+            s.blocks,
+            s.block_rounds,
             s.left_out,
             pct(s.precision),
+            if s.over_blocks { "blocks" } else { "pairs" },
             pct(s.target),
             s.stopped,
             s.straddling
@@ -165,7 +207,7 @@ pub fn write_sureness(md: &mut String, points: &[Point], logs: &BTreeMap<Place, 
     }
     let budget: Vec<String> = sure
         .iter()
-        .filter(|s| s.stopped == "budget" || s.stopped == "max rounds")
+        .filter(|s| s.stopped == "budget" || s.stopped == "max rounds" || s.stopped == REACHED_BY_THE_RUN)
         .filter_map(|s| s.place.map(|p| format!("{} connections ({})", p.connections, s.stopped)))
         .collect();
     if !budget.is_empty() {
@@ -217,4 +259,27 @@ pub fn write_calibration(md: &mut String, points: &[Point], base: &str) {
     }
     let how = if twins.iter().all(|p| p.pairing == Pairing::Slices) { "paired slices" } else { "fresh servers" };
     let _ = writeln!(md, "\nHeld 1 at {held} of {} points ({how}).\n", twins.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::BlockRecord;
+
+    #[test]
+    fn an_older_log_gets_its_block_length_from_its_blocks() {
+        let block =
+            |block, first_round, last_round| BlockRecord { block, start_order: vec![], first_round, last_round };
+        let mut log = SliceLog { blocks: vec![block(1, 1, 117), block(2, 118, 240)], ..SliceLog::default() };
+        assert_eq!(block_rounds(&log), 123);
+        log.block_rounds = 8;
+        assert_eq!(block_rounds(&log), 8, "a logged length is taken as it is");
+    }
+
+    #[test]
+    fn a_precision_the_rebuilt_intervals_miss_is_not_called_reached() {
+        assert_eq!(stopped_now("precision reached", Some(0.015), Some(0.02)), "precision reached");
+        assert_eq!(stopped_now("precision reached", Some(0.058), Some(0.02)), REACHED_BY_THE_RUN);
+        assert_eq!(stopped_now("budget", Some(0.058), Some(0.02)), "budget");
+    }
 }

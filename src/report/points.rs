@@ -9,8 +9,8 @@ use super::load::{ClientPart, Run};
 use super::metrics::{index, Metric, RunView, METRICS};
 use super::per_host::{self, HostFigures, HostPoint};
 pub use super::stats::Spread;
-use super::stats::{ratio_by, Pairing, Ratio};
-use crate::results::{decode_histogram, ClientSummary, Pass, Place, RunKey, SliceLog, ThreadRow};
+use super::stats::{ratio_by, BlockSpan, Pairing, Ratio};
+use crate::results::{decode_histogram, BlockRecord, ClientSummary, Pass, Place, RunKey, SliceLog, ThreadRow};
 use crate::workload::Workload;
 
 /// The figures of one run, over all its client hosts.
@@ -229,6 +229,10 @@ pub struct Point {
     pub pairing: Pairing,
     /// Paired slices: rounds left out because an idle server's CPU moved during them.
     pub rounds_left_out: usize,
+    /// Paired slices: the point's blocks (each started every server afresh).
+    pub blocks: Vec<BlockRecord>,
+    /// Paired slices: how many of them are the first stage (0: one stage).
+    pub first_stage_blocks: usize,
 }
 
 impl Point {
@@ -305,6 +309,8 @@ pub fn points(runs: &BTreeMap<RunKey, Run>, slices: &BTreeMap<Place, SliceLog>, 
                 ),
                 pairing: if slices.contains_key(&place) { Pairing::Slices } else { Pairing::Repeats },
                 rounds_left_out: g.left_out,
+                blocks: slices.get(&place).map(|l| l.blocks.clone()).unwrap_or_default(),
+                first_stage_blocks: slices.get(&place).map_or(0, |l| l.first_stage_blocks),
             }
         })
         .collect();
@@ -369,7 +375,29 @@ pub fn ratio(points: &[Point], p: &Point, m: &Metric, base: &str) -> Option<Rati
     if !p.ok || !b.ok {
         return None;
     }
-    ratio_by(p.pairing, b.get(m)?, p.get(m)?)
+    ratio_by(p.pairing, b.get(m)?, p.get(m)?, &block_spans(&p.blocks, p.first_stage_blocks, base, &p.backend))
+}
+
+/// A paired point's blocks as the comparison of `other` with `base` sees them: each
+/// block's rounds, whether `base` started first in it, and whether it is one of the
+/// first `first_stage` blocks — marked only once that many have run (until then a
+/// point has one stage).
+pub fn block_spans(blocks: &[BlockRecord], first_stage: usize, base: &str, other: &str) -> Vec<BlockSpan> {
+    let staged = first_stage > 0 && blocks.len() >= first_stage;
+    blocks
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.last_round >= b.first_round)
+        .map(|(i, b)| {
+            let at = |name: &str| b.start_order.iter().position(|s| s == name);
+            BlockSpan {
+                first_round: b.first_round,
+                last_round: b.last_round,
+                base_first: at(base) < at(other),
+                first_stage: staged && i < first_stage,
+            }
+        })
+        .collect()
 }
 
 /// Why `p` has no ratios against the baseline, when it or the baseline failed there.

@@ -23,10 +23,18 @@ const HOW_TO_READ_REPEATS: &str = "Each cell is the server's figure divided by t
     within each repeat), with a 95 % confidence interval from a Student t-interval on the logarithms of \
     those ratios. **≈** marks an interval that holds 1: no significant difference at that point.";
 const HOW_TO_READ_SLICES: &str = "Each cell is the server's figure divided by the baseline's at the same \
-    point: the median of the ratios of paired slices (every server up side by side, short slices of load \
-    alternating between them in rounds), with its distribution-free 95 % interval from the sign test, so \
-    a pair that straddles a change of the machine's speed regime does not move it. **≈** marks an \
-    interval that holds 1: no significant difference at that point.";
+    point, from paired slices (every server up side by side, short slices of load alternating between them \
+    in rounds, in blocks that each start every server afresh). With enough blocks it is the mean of the \
+    blocks' median ratios (the two start orders weighted alike) with a Student t 95 % interval over the \
+    blocks: it covers the difference between \
+    one pair of server processes and the next, and a pair that straddles a change of the machine's speed \
+    regime moves its block's median little. A point run until its intervals were narrow enough takes their \
+    width from its first stage of blocks alone (its first three rotations of blocks: Stein's two stages), \
+    so that stopping just when the blocks happen to agree does not leave its interval too narrow. \
+    With too few blocks (the How sure table says where) it is the \
+    median of the ratios of all pairs with their distribution-free sign-test interval, which is narrower \
+    than the processes' spread. **≈** marks an interval that holds 1: no significant difference at that \
+    point.";
 
 pub fn write_summary_md(
     path: &Path,

@@ -1,7 +1,11 @@
 //! Paired slices: at each point every server under test starts once and stays up, each
 //! with its own client connected; short slices of load then alternate between them in
-//! rounds (the order reversed every other round: A B, B A, …) until the comparison with
-//! the baseline is as precise as asked, or the point's rounds or time run out.
+//! rounds (in the block's start order every round: A B, A B, …, so no server runs two
+//! slices in a row; blocks rotate the order) until the comparison with
+//! the baseline is as precise as asked, or the point's rounds or time run out. A point
+//! with a precision target runs a first stage of [`FIRST_STAGE_ROTATIONS`] rotations
+//! before it may stop, and its intervals' spread is that stage's (see
+//! [`blocked_ratio`]).
 //!
 //! Why: these machines switch between speed regimes for seconds at a time, so two
 //! measurements far apart in time do not compare; two slices a fraction of a second apart
@@ -21,9 +25,10 @@ use std::time::{Duration, Instant};
 
 use super::progress::{human, Progress};
 use super::run::{self, Ctx};
-use super::{places, Contender, MatrixConfig, Planned};
+use super::{places, Budget, Contender, MatrixConfig, Planned};
 use crate::files;
-use crate::report::stats::median_ratio;
+use crate::report::points::block_spans;
+use crate::report::stats::blocked_ratio;
 use crate::results::{BlockRecord, Pass, Place, SliceLog};
 
 mod up;
@@ -34,17 +39,33 @@ use up::{connect_clients, settle, slice, start_server, wind_down, Figures, Up};
 pub fn run_all(ctx: &Ctx<'_>, contenders: &[Contender], perf: bool, pinning: &str) -> bool {
     let cfg = ctx.cfg;
     let places: Vec<Place> = places(cfg);
+    let per_block: Vec<usize> = places
+        .iter()
+        .map(|p| match plan(cfg, p, contenders.len()) {
+            Plan::Fixed(b) => b.iter().copied().max().unwrap_or(0),
+            Plan::Open { per_block } => per_block,
+        })
+        .collect();
+    let (fewest, most) = (per_block.iter().min().copied().unwrap_or(0), per_block.iter().max().copied().unwrap_or(0));
+    let blocks =
+        if fewest == most { format!("blocks of {most} rounds") } else { format!("blocks of {fewest}–{most} rounds") };
     let rounds = match cfg.fixed_rounds {
-        Some(n) => format!("{n} rounds"),
+        Some(n) => format!("{n} rounds in {blocks}"),
         None => format!(
-            "{}–{} rounds until ±{:.1} %, at most {:.0} s of rounds a point",
+            "{blocks} in whole rotations until ±{:.1} % over blocks, {}–{} rounds and at most {:.0} s a point{}",
+            cfg.precision * 100.0,
             cfg.min_rounds,
             cfg.max_rounds,
-            cfg.precision * 100.0,
-            cfg.budget_s
+            cfg.budget.asked_s(),
+            match cfg.budget {
+                Budget::Given(_) => "",
+                Budget::Default(_) => " (more where three rotations need it)",
+            }
         ),
     };
-    let guess = Duration::from_secs_f64(places.iter().map(|p| point_guess_s(cfg, p, contenders.len())).sum());
+    let each: Vec<Duration> =
+        places.iter().map(|p| Duration::from_secs_f64(point_guess_s(cfg, p, contenders.len()))).collect();
+    let guess: Duration = each.iter().sum();
     let lengths: Vec<f64> = places.iter().map(|p| cfg.slice_for(p.connections)).collect();
     let (shortest, longest) =
         (lengths.iter().copied().fold(f64::MAX, f64::min), lengths.iter().copied().fold(0.0, f64::max));
@@ -58,7 +79,7 @@ pub fn run_all(ctx: &Ctx<'_>, contenders: &[Contender], perf: bool, pinning: &st
         human(guess)
     );
     let mut progress = Progress::new(places.len(), "points");
-    progress.guess(guess);
+    progress.at_most(each);
     for place in &places {
         if ctx.interrupted.load(Ordering::Relaxed) {
             return true;
@@ -91,15 +112,106 @@ fn rate(p: &Place) -> String {
     p.rate.map_or(String::new(), |r| format!(", {r} req/s offered"))
 }
 
-/// The most a point should take: starting and connecting, then its rounds' budget.
+/// The most a point should take: its time budget, or its fixed rounds, and at least
+/// one rotation of blocks (a point always runs one).
 fn point_guess_s(cfg: &MatrixConfig, p: &Place, servers: usize) -> f64 {
-    let connect_s = servers as f64 * (1.0 + p.connections as f64 / 2000.0);
-    let round_s = servers as f64 * (cfg.slice_for(p.connections) * 1.3 + 0.05 + cfg.warmup_s.unwrap_or(0.0));
-    let rounds_s = match cfg.fixed_rounds {
-        Some(n) => n as f64 * round_s,
-        None => cfg.budget_s.min(cfg.max_rounds as f64 * round_s),
-    };
-    connect_s + rounds_s + servers as f64
+    let t = BlockTimes::guess(cfg, p, servers);
+    let wind_down_s = servers as f64;
+    match plan(cfg, p, servers) {
+        Plan::Fixed(blocks) => blocks.iter().map(|&r| t.block_s(r)).sum::<f64>() + wind_down_s,
+        Plan::Open { per_block } => {
+            let rotation_s = servers.max(1) as f64 * t.block_s(per_block);
+            let capped_s = (cfg.max_rounds as f64 / per_block as f64).ceil() * t.block_s(per_block);
+            rotation_s.max(budget_s(cfg, p, servers).min(capped_s)) + wind_down_s
+        }
+    }
+}
+
+/// A guess at how long a point's blocks take, before any has run.
+struct BlockTimes {
+    /// Starting every server and connecting every client.
+    start_s: f64,
+    round_s: f64,
+}
+
+impl BlockTimes {
+    /// Measured here (A/A, 2 servers): 0.3 s between blocks at 100 connections, 0.35–0.46 s
+    /// at 1000, 0.5 s (event client) to 1.1 s (thread per connection) at 4000; a round
+    /// 1.03–1.2 slice lengths per server.
+    fn guess(cfg: &MatrixConfig, p: &Place, servers: usize) -> BlockTimes {
+        let n = servers as f64;
+        BlockTimes {
+            start_s: n * (0.25 + p.connections as f64 / 8000.0),
+            round_s: n * (cfg.slice_for(p.connections) * 1.3 + 0.05 + cfg.warmup_s.unwrap_or(0.0)),
+        }
+    }
+
+    fn block_s(&self, rounds: usize) -> f64 {
+        self.start_s + rounds as f64 * self.round_s
+    }
+}
+
+/// Rounds per block by default: eight, so that a block's median stands on enough pairs
+/// to ignore one that straddles a regime switch.
+pub const DEFAULT_BLOCK_ROUNDS: usize = 8;
+/// The fewest rounds a block is shortened to when the budget is tight: a median of three
+/// still ignores one wild pair.
+pub const MIN_BLOCK_ROUNDS: usize = 3;
+/// Rotations a default block length is chosen to fit in the budget. Two are the least an
+/// interval over blocks needs, but with two blocks of each start order it has 2 degrees
+/// of freedom (t = 4.30): default sweeps planned for two reached only ±3–35 % at
+/// 1500–4000 connections. Three give 4 (t = 2.78), and shorter blocks leave room for more.
+const ROTATIONS_PLANNED: usize = 3;
+/// Rotations of a point's first stage: the blocks whose spread alone sets its intervals'
+/// width (see [`blocked_ratio`]); a point never stops on precision before they have run.
+/// The rotations a default budget is planned for, so a default point can finish them.
+const FIRST_STAGE_ROTATIONS: usize = ROTATIONS_PLANNED;
+
+/// How a point's blocks are laid out.
+#[derive(Clone, Debug, PartialEq)]
+enum Plan {
+    /// `--repeats N`: exactly these rounds, block by block.
+    Fixed(Vec<usize>),
+    /// Whole rotations of blocks of `per_block` rounds, until the interval over blocks is
+    /// as precise as asked or the point's rounds or time run out.
+    Open { per_block: usize },
+}
+
+/// The blocks of a point with `servers` servers. Fixed rounds are spread over whole
+/// rotations of blocks of at most the block length (at least one block per server,
+/// while there are rounds enough for one each). Open-ended points use `--block-rounds`,
+/// or by default the longest block up to [`DEFAULT_BLOCK_ROUNDS`] that lets two
+/// rotations fit the budget (an interval over blocks needs two blocks of each start
+/// order), never shorter than [`MIN_BLOCK_ROUNDS`]; and never so long that one rotation
+/// would pass `--max-rounds`.
+fn plan(cfg: &MatrixConfig, p: &Place, servers: usize) -> Plan {
+    let n = servers.max(1);
+    let per_block = cfg.block_rounds.unwrap_or(DEFAULT_BLOCK_ROUNDS);
+    if let Some(total) = cfg.fixed_rounds {
+        let blocks = (total.div_ceil(per_block).max(n).div_ceil(n) * n).min(total).max(1);
+        return Plan::Fixed((0..blocks).map(|b| total / blocks + usize::from(b < total % blocks)).collect());
+    }
+    // A rotation never runs past --max-rounds.
+    let most = (cfg.max_rounds / n).max(1);
+    if cfg.block_rounds.is_some() {
+        return Plan::Open { per_block: per_block.min(most) };
+    }
+    let t = BlockTimes::guess(cfg, p, servers);
+    let per_block_s = budget_s(cfg, p, servers) / (ROTATIONS_PLANNED * n) as f64;
+    let fits = ((per_block_s - t.start_s) / t.round_s).floor().max(0.0) as usize;
+    Plan::Open { per_block: fits.clamp(MIN_BLOCK_ROUNDS, DEFAULT_BLOCK_ROUNDS).min(most) }
+}
+
+/// A point's time budget in seconds (see [`Budget`]).
+fn budget_s(cfg: &MatrixConfig, p: &Place, servers: usize) -> f64 {
+    match cfg.budget {
+        Budget::Given(s) => s,
+        Budget::Default(s) => {
+            let rotations_s = (ROTATIONS_PLANNED * servers.max(1)) as f64
+                * BlockTimes::guess(cfg, p, servers).block_s(MIN_BLOCK_ROUNDS);
+            s.max(1.25 * rotations_s)
+        }
+    }
 }
 
 /// The external targets' syscalls: one fresh run each with perf attached (tracing costs
@@ -117,12 +229,15 @@ fn syscall_runs(ctx: &Ctx<'_>, place: &Place, contenders: &[Contender], progress
 /// connected, rounds of slices, everything stopped and written. Returns the progress line
 /// and the servers that failed here (did not start, or lost a slice or a byte).
 ///
-/// Why blocks: the order in which servers start matters. Measured here with the A/A
-/// calibration at 1000 connections, the server started first (with its client connected
-/// first) served 2–4 % more requests per second than its twin started second, in every
-/// sweep, and swapping the order swapped the sign. The start order is therefore rotated
-/// from block to block (one block per server), each block running as many rounds as the
-/// first, so every server starts in every position equally often.
+/// Why blocks: the order in which servers start matters, and so does which processes
+/// they are. Measured here with the A/A calibration at 1000 connections, the server
+/// started first (with its client connected first) served 2–4 % more requests per second
+/// than its twin started second, and a pair of fresh processes differs by up to ~1.5 %
+/// for as long as both live. So the start order is rotated from block to block, blocks
+/// run in whole rotations (every server starts in every position equally often) and are
+/// short, so that a point samples many pairs of processes and its interval is taken over
+/// them ([`crate::report::stats::blocked_ratio`]). Whether to go on is decided only
+/// between rotations.
 fn run_point(
     ctx: &Ctx<'_>,
     place: &Place,
@@ -130,11 +245,8 @@ fn run_point(
     progress: &Progress,
 ) -> anyhow::Result<(String, Vec<String>)> {
     let cfg = ctx.cfg;
-    let n = contenders.len();
-    let blocks = match cfg.fixed_rounds {
-        Some(rounds) => n.min(rounds).max(1),
-        None => n.max(1),
-    };
+    let n = contenders.len().max(1);
+    let plan = plan(cfg, place, contenders.len());
     let mut log = SliceLog {
         place: Some(*place),
         servers: contenders.iter().map(|c| c.name.clone()).collect(),
@@ -142,62 +254,89 @@ fn run_point(
         precision_target: cfg.fixed_rounds.is_none().then_some(cfg.precision),
         min_rounds: cfg.fixed_rounds.unwrap_or(cfg.min_rounds),
         max_rounds: cfg.fixed_rounds.unwrap_or(cfg.max_rounds),
-        budget_s: cfg.budget_s,
+        budget_s: budget_s(cfg, place, contenders.len()),
+        block_rounds: match &plan {
+            Plan::Fixed(b) => b.iter().copied().max().unwrap_or(0),
+            Plan::Open { per_block } => *per_block,
+        },
+        first_stage_blocks: match plan {
+            Plan::Open { .. } if n >= 2 => FIRST_STAGE_ROTATIONS * n,
+            _ => 0,
+        },
         ..SliceLog::default()
     };
     let t0 = Instant::now();
     let mut figures: Figures = BTreeMap::new();
-    let mut first_block_rounds = None;
     let mut failed: Vec<String> = Vec::new();
-    let mut first_block_stop = "budget";
-    for block in 1..=blocks {
-        let order: Vec<usize> = (0..n).map(|k| (k + block - 1) % n).collect();
-        progress.message(format!("{} connections: block {block} of {blocks}, starting servers", place.connections));
-        let mut ups = start_block(ctx, place, contenders, &order, block, &mut log, progress);
-        let limit = match (cfg.fixed_rounds, first_block_rounds) {
-            (Some(total), _) => Limit::Exactly(total / blocks + usize::from(block <= total % blocks)),
-            (None, Some(r)) => Limit::Exactly(r),
-            (None, None) => Limit::Precision { blocks },
+    let mut rotation_t0 = Instant::now();
+    let mut slowest_rotation_s = 0.0f64;
+    for block in 1.. {
+        let rounds_here = match &plan {
+            Plan::Fixed(blocks) => match blocks.get(block - 1) {
+                Some(&r) => r,
+                None => break,
+            },
+            Plan::Open { per_block } => {
+                // One server has nothing to compare: one block, as long as asked.
+                let per_block = if n < 2 { (*per_block).max(cfg.min_rounds) } else { *per_block };
+                if block > 1 && (block - 1) % n == 0 {
+                    slowest_rotation_s = slowest_rotation_s.max(rotation_t0.elapsed().as_secs_f64());
+                    rotation_t0 = Instant::now();
+                    let stop = if n < 2 {
+                        Some("one server")
+                    } else if log.blocks.len() >= log.first_stage_blocks
+                        && precision(&log, &figures).is_some_and(|p| p.over_blocks && p.worst <= cfg.precision)
+                        && log.rounds >= cfg.min_rounds
+                    {
+                        Some("precision reached")
+                    } else if log.rounds + n * per_block > cfg.max_rounds {
+                        Some("max rounds")
+                    } else if t0.elapsed().as_secs_f64() + slowest_rotation_s > log.budget_s {
+                        Some("budget")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = stop {
+                        log.stopped = why.into();
+                        break;
+                    }
+                }
+                per_block
+            }
         };
-        // Each block's share of the budget, for its rounds alone (starting servers and
-        // connecting are not rounds). The first block stops on it; the others run as many
-        // rounds as the first, with twice their share as a guard against a slower block.
-        let share = cfg.budget_s / blocks as f64;
-        let budget = if block == 1 { share } else { 2.0 * share };
-        let outcome = rounds(ctx, place, &mut ups, &mut log, &mut figures, limit, budget, progress);
-        if block == 1 {
-            // Why the first block ended decides how many rounds every block runs.
-            first_block_stop = match current_precision(&log, &figures) {
-                Some(p) if p <= cfg.precision => "precision reached in the first block, not over all blocks",
-                _ if log.rounds >= cfg.max_rounds.div_ceil(blocks) => "max rounds",
-                _ => "budget",
-            };
-        }
-        let first = log.blocks.last().map_or(0, |b| b.first_round);
+        let order: Vec<usize> = (0..n).map(|k| (k + block - 1) % n).collect();
+        progress.message(format!("{} connections: block {block}, starting servers", place.connections));
+        let mut ups = start_block(ctx, place, contenders, &order, block, &mut log, progress);
+        let outcome = rounds(ctx, place, &mut ups, &order, &mut log, &mut figures, rounds_here, block, progress);
         log.blocks.last_mut().into_iter().for_each(|b| b.last_round = log.rounds);
-        first_block_rounds.get_or_insert(log.rounds + 1 - first.max(1));
         failed.extend(ups.iter().filter(|u| u.broken.is_some() || u.lost_requests).map(|u| u.c.name.clone()));
         let ended = wind_down(ctx, place, &mut ups, block);
         outcome?;
         ended?;
-        if matches!(log.stopped.as_str(), "interrupted" | "failed" | "budget") {
+        if matches!(log.stopped.as_str(), "interrupted" | "failed") {
             break;
         }
     }
     log.elapsed_s = t0.elapsed().as_secs_f64();
-    let precision = current_precision(&log, &figures);
+    let reached = precision(&log, &figures);
     if log.stopped.is_empty() {
-        log.stopped = match (cfg.fixed_rounds, precision) {
-            (Some(_), _) => "fixed rounds".into(),
-            (None, _) if n < 2 => "one server".into(),
-            (None, Some(p)) if p <= cfg.precision => "precision reached".into(),
-            (None, _) => first_block_stop.into(),
-        };
+        log.stopped = "fixed rounds".into();
     }
     files::write_json(&ctx.raw.join(format!("{}.slices.json", place.stem())), &log)?;
-    let line = match precision {
-        Some(p) => format!("{} rounds, {:.0} s, ±{:.1} % ({})", log.rounds, log.elapsed_s, p * 100.0, log.stopped),
-        None => format!("{} rounds, {:.0} s ({})", log.rounds, log.elapsed_s, log.stopped),
+    let over = |p: &Precision| if p.over_blocks { "over blocks" } else { "over pairs only" };
+    let line = match reached {
+        Some(p) => format!(
+            "{} rounds in {} blocks, {:.0} s, ±{:.1} % {} ({})",
+            log.rounds,
+            log.blocks.len(),
+            log.elapsed_s,
+            p.worst * 100.0,
+            over(&p),
+            log.stopped
+        ),
+        None => {
+            format!("{} rounds in {} blocks, {:.0} s ({})", log.rounds, log.blocks.len(), log.elapsed_s, log.stopped)
+        }
     };
     let notes = if log.failures.is_empty() { String::new() } else { format!("; {}", log.failures.join("; ")) };
     Ok((format!("{line}{notes}"), failed))
@@ -240,62 +379,35 @@ fn start_block(
     ups
 }
 
-/// How many rounds a block runs.
-#[derive(Clone, Copy)]
-enum Limit {
-    /// Exactly this many (fixed rounds, or as many as the first block ran).
-    Exactly(usize),
-    /// The first block: until the comparison is precise enough, or its share (one of
-    /// `blocks`) of the rounds or of the time runs out.
-    Precision { blocks: usize },
-}
-
-/// The rounds of one block, numbered on from the point's earlier blocks.
+/// The `count` rounds of one block, numbered on from the point's earlier blocks, each
+/// in the block's start `order`.
+///
+/// Why not A B, B A, …: that runs each server twice in a row at every turn, and with the
+/// seed's client at 4000 connections a client's second slice in a row ran slow — the
+/// same requests and server CPU, but 0.33 s more wall time (4000 threads just back from
+/// one slice, released into the next) — in 4 of 18 A/A blocks, which moved those blocks'
+/// req/s ratios by 15–20 %. (Most likely the client's futex-walk stall, since fixed: see
+/// `client::gate::Gate`.) In the start order every slice follows another server's, and
+/// the rotation of start orders between blocks balances the positions instead.
 #[allow(clippy::too_many_arguments)]
 fn rounds(
     ctx: &Ctx<'_>,
     place: &Place,
     ups: &mut [Up],
+    order: &[usize],
     log: &mut SliceLog,
     figures: &mut Figures,
-    limit: Limit,
-    budget_s: f64,
+    count: usize,
+    block: usize,
     progress: &Progress,
 ) -> anyhow::Result<()> {
-    let cfg = ctx.cfg;
     let first = log.rounds + 1;
-    let t0 = Instant::now();
-    let mut slowest_round_s = 0.0f64;
-    for round in first.. {
-        let done_here = round - first;
-        let enough = match limit {
-            Limit::Exactly(n) => done_here >= n,
-            Limit::Precision { blocks } => {
-                let precise = current_precision(log, figures).is_some_and(|p| p <= cfg.precision);
-                done_here >= cfg.max_rounds.div_ceil(blocks)
-                    || (done_here >= cfg.min_rounds.div_ceil(blocks) && (precise || ups.len() < 2))
-            }
-        };
-        if enough {
-            return Ok(());
-        }
-        // Stop before a round that would end past the budget (fixed rounds have none).
-        if cfg.fixed_rounds.is_none() && done_here > 0 && t0.elapsed().as_secs_f64() + slowest_round_s > budget_s {
-            if matches!(limit, Limit::Exactly(_)) {
-                log.stopped = "budget".into();
-            }
-            return Ok(());
-        }
+    for round in first..first + count {
         if ups.first().is_none_or(|u| u.broken.is_some()) || ups.iter().all(|u| u.broken.is_some()) {
             log.stopped = "failed".into();
             return Ok(());
         }
-        let r0 = Instant::now();
-        let mut order: Vec<usize> = (0..ups.len()).collect();
-        if round % 2 == 0 {
-            order.reverse();
-        }
-        for i in order {
+        for &i in order {
             if ctx.interrupted.load(Ordering::Relaxed) {
                 log.stopped = "interrupted".into();
                 return Ok(());
@@ -305,34 +417,50 @@ fn rounds(
             }
         }
         log.rounds = round;
-        slowest_round_s = slowest_round_s.max(r0.elapsed().as_secs_f64());
-        let shown =
-            current_precision(log, figures).map_or("no interval yet".to_string(), |p| format!("±{:.1} %", p * 100.0));
-        progress.message(format!("{} connections: round {round}, {shown}", place.connections));
+        let shown = precision(log, figures).map_or("no interval yet".to_string(), |p| {
+            format!("±{:.1} % over {}", p.worst * 100.0, if p.over_blocks { "blocks" } else { "pairs" })
+        });
+        progress.message(format!("{} connections: block {block}, round {round}, {shown}", place.connections));
     }
     Ok(())
 }
 
+/// How precise a point is so far.
+#[derive(Clone, Copy, Debug)]
+struct Precision {
+    /// The widest headline interval, as a ± fraction.
+    worst: f64,
+    /// Whether every headline interval was taken over blocks (else over pairs alone:
+    /// too few blocks yet, which does not count as precise).
+    over_blocks: bool,
+}
+
 /// The widest headline interval (CPU per request and req/s of every server against the
-/// baseline) as a ± fraction, over the rounds no idle server disturbed; `None` while any
-/// comparison has no interval.
-fn current_precision(log: &SliceLog, figures: &Figures) -> Option<f64> {
+/// baseline) as a ± fraction, over the rounds no idle server disturbed, with the
+/// estimator the report uses; `None` while any comparison has no interval.
+fn precision(log: &SliceLog, figures: &Figures) -> Option<Precision> {
     let left_out = log.disturbed_rounds();
-    let base = figures.get(log.servers.first()?)?;
-    let mut worst: Option<f64> = None;
+    let base_name = log.servers.first()?;
+    let base = figures.get(base_name)?;
+    let mut worst: Option<Precision> = None;
     for name in log.servers.iter().skip(1) {
         let other = figures.get(name)?;
+        let spans = block_spans(&log.blocks, log.first_stage_blocks, base_name, name);
         for pick in [|x: &(usize, f64, f64)| x.1, |x: &(usize, f64, f64)| x.2] {
-            let logs: Vec<f64> = other
+            let pairs: Vec<(usize, f64)> = other
                 .iter()
                 .filter(|o| !left_out.contains(&o.0))
                 .filter_map(|o| {
                     let b = base.iter().find(|b| b.0 == o.0)?;
-                    (pick(o) > 0.0 && pick(b) > 0.0).then(|| (pick(o) / pick(b)).ln())
+                    (pick(o) > 0.0 && pick(b) > 0.0).then(|| (o.0, (pick(o) / pick(b)).ln()))
                 })
                 .collect();
-            let h = median_ratio(&logs)?.half_width()?;
-            worst = Some(worst.map_or(h, |w: f64| w.max(h)));
+            let r = blocked_ratio(&pairs, &spans)?;
+            let here = Precision { worst: r.half_width()?, over_blocks: r.blocks > 0 };
+            worst = Some(match worst {
+                None => here,
+                Some(w) => Precision { worst: w.worst.max(here.worst), over_blocks: w.over_blocks && here.over_blocks },
+            });
         }
     }
     worst
