@@ -415,6 +415,18 @@ mod tests {
         assert!(m.half_width().unwrap() < 0.01);
     }
 
+    /// Standard normal draws from a fixed seed (xorshift uniforms; twelve of them summed,
+    /// Irwin–Hall, is normal enough for coverage), so the simulations are deterministic.
+    fn normals(mut seed: u64) -> impl FnMut() -> f64 {
+        let mut uniform = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        move || (0..12).map(|_| uniform()).sum::<f64>() - 6.0
+    }
+
     /// Pairs for `blocks` blocks of `rounds` rounds each: block `b`'s pairs are its
     /// level `level(b)` plus `noise(b, r)`; blocks alternate start orders.
     fn blocked(
@@ -489,15 +501,7 @@ mod tests {
     /// and the interval over blocks does not. Deterministic (a fixed-seed generator).
     #[test]
     fn intervals_over_blocks_cover_the_truth_when_processes_differ() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut uniform = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 11) as f64 / (1u64 << 53) as f64
-        };
-        // A normal draw from twelve uniforms (Irwin–Hall), enough for coverage.
-        let mut normal = move || (0..12).map(|_| uniform()).sum::<f64>() - 6.0;
+        let mut normal = normals(0x2545_f491_4f6c_dd1d);
         let (mut pairs_cover, mut blocks_cover) = (0, 0);
         let points = 400;
         for _ in 0..points {
@@ -522,14 +526,7 @@ mod tests {
     /// rotation of two blocks, at most 50 blocks. Deterministic (a fixed-seed generator).
     #[test]
     fn two_stages_keep_the_coverage_a_precision_target_would_cost() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut uniform = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 11) as f64 / (1u64 << 53) as f64
-        };
-        let mut normal = move || (0..12).map(|_| uniform()).sum::<f64>() - 6.0;
+        let mut normal = normals(0x9e37_79b9_7f4a_7c15);
         let points = 1500;
         let (target, most, rounds) = (0.01, 50, 3);
         let mut cover = [0usize; 2];
