@@ -209,8 +209,10 @@ fn many_connections(backend: &Variant, conns: usize, requests: u64) {
     );
     // The client has closed every connection; let the server see every close first.
     eventually("the server closed every connection", || srv.unclosed() == 0);
+    // A bound on shutdown, not a timing: the threads server joins 3000 threads, 5.6 s once
+    // with CI's other tests beside it.
     let (status, took, rows, server) = srv.terminate();
-    assert!(status.success() && took < Duration::from_secs(3), "{status:?} after {took:?}");
+    assert!(status.success() && took < Duration::from_secs(15), "{status:?} after {took:?}");
     assert_eq!(rows.len(), conns, "one row per connection");
     let rejected = rows.iter().filter(|r| r.close_reason == CloseReason::Rejected).count();
     let served = rows.iter().filter(|r| r.bytes == requests * 64 && r.close_reason == CloseReason::Eof).count();
