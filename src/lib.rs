@@ -20,6 +20,7 @@ pub mod probe;
 pub mod report;
 pub mod results;
 pub mod server_proc;
+pub mod steal;
 pub mod workload;
 
 pub use ringbench_backends as backends;

@@ -433,6 +433,12 @@ pub struct SliceRecord {
     pub others_cpu_s: Vec<(String, f64)>,
     /// The other servers whose CPU moved during this slice: its round is left out.
     pub disturbed_by: Vec<String>,
+    /// The share of the server's CPUs' time, and of the client's, that the hypervisor
+    /// gave to someone else over the slice (`/proc/stat` steal, to its 10 ms ticks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpus_stolen_share: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cpus_stolen_share: Option<f64>,
 }
 
 /// One block of a paired point: the servers started afresh in `start_order`, then rounds
@@ -455,6 +461,24 @@ pub struct Isolation {
 }
 
 impl SliceLog {
+    /// The share of the server's CPUs' time and of the client's that the hypervisor gave
+    /// to someone else over the slices, each slice weighted by its length; `None` for a
+    /// log from before steal was read.
+    pub fn stolen_shares(&self) -> Option<(f64, f64)> {
+        let mean = |share: fn(&SliceRecord) -> Option<f64>| {
+            let (mut sum, mut wall) = (0.0, 0.0);
+            for s in &self.slices {
+                let w = s.end_unix_us.saturating_sub(s.start_unix_us) as f64;
+                if let Some(x) = share(s) {
+                    sum += x * w;
+                    wall += w;
+                }
+            }
+            (wall > 0.0).then(|| sum / wall)
+        };
+        mean(|s| s.server_cpus_stolen_share).zip(mean(|s| s.client_cpus_stolen_share))
+    }
+
     /// Rounds with a disturbed slice: left out of every comparison at this point.
     pub fn disturbed_rounds(&self) -> Vec<usize> {
         let mut r: Vec<usize> = self.slices.iter().filter(|s| !s.disturbed_by.is_empty()).map(|s| s.round).collect();

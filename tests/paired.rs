@@ -98,6 +98,11 @@ fn a_paired_sweep_keeps_every_server_up_and_reports_how_sure_it_is() {
         "each server starts in each position once"
     );
     assert_eq!(log["slices"].as_array().unwrap().len(), 18);
+    for s in log["slices"].as_array().unwrap() {
+        for side in ["server_cpus_stolen_share", "client_cpus_stolen_share"] {
+            assert!(s[side].as_f64().is_some_and(|x| (0.0..=1.0).contains(&x)), "{side}: {s}");
+        }
+    }
     for server in ["epoll", "epoll-aa", "uring"] {
         for round in 1..=6 {
             let stem = format!("{server}_c12_s64_r{round}");
@@ -132,7 +137,9 @@ fn a_paired_sweep_keeps_every_server_up_and_reports_how_sure_it_is() {
         assert!(r["server_cpu_us_per_request_ratio_ci95_lo"].parse::<f64>().is_ok());
     }
     let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
-    for section in ["## Calibration (A/A): epoll-aa ÷ epoll", "## How sure: paired slices", "median of the ratios"] {
+    for section in
+        ["## Calibration (A/A): epoll-aa ÷ epoll", "## How sure: paired slices", "median of the ratios", "CPU stolen"]
+    {
         assert!(md.contains(section), "{section}: {md}");
     }
     assert!(md.contains("Held 1 at") && md.contains("| 12 | 64 | closed | 0.03 | 6 | 3 × 2 | 0 |"), "{md}");
@@ -167,9 +174,20 @@ fn precision_on_demand_stops_when_reached_on_max_rounds_or_on_the_budget() {
     // rotations (two blocks started in each order) of eight rounds.
     let (why, rounds, md) = stopped(&["--precision", "0.5"]);
     assert_eq!(why, "precision reached");
-    assert!(rounds >= 32 && rounds % 16 == 0, "{rounds} rounds: whole rotations of two blocks of eight");
+    assert!(
+        rounds >= 48 && rounds % 16 == 0,
+        "{rounds} rounds: the first stage's three rotations of two blocks of eight"
+    );
+    let first_stage = || json(&dir.path().join("raw/c12_s64.slices.json"))["first_stage_blocks"].as_u64();
+    assert_eq!(first_stage(), Some(6), "a default budget pays for the first stage's fewest rotations");
     assert!(md.contains(&format!("| {} × 8 |", rounds / 8)), "{md}");
     assert!(md.contains("| blocks |"), "the interval is over blocks: {md}");
+    // A budget that pays for more makes the first stage longer — here up to half of
+    // --max-rounds: four rotations of two blocks of three.
+    let (why, rounds, _) =
+        stopped(&["--precision", "0.5", "--budget-s", "60", "--block-rounds", "3", "--max-rounds", "48"]);
+    assert_eq!(first_stage(), Some(8));
+    assert!(why == "max rounds" || (why == "precision reached" && rounds >= 24), "{why} after {rounds} rounds");
     // A rotation (two blocks) never passes --max-rounds: blocks of four.
     let (why, rounds, md) = stopped(&["--precision", "0.0001", "--max-rounds", "8"]);
     assert_eq!((why.as_str(), rounds), ("max rounds", 8));

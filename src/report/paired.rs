@@ -20,6 +20,9 @@ const REGIME_SHIFT: f64 = 1.10;
 /// the median ratio.
 const STRADDLE_SHIFT: f64 = 1.02;
 
+/// Steal above this share of the server's or the client's CPUs is called out.
+const SHARED_MACHINE: f64 = 0.05;
+
 /// How sure one paired place is.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PlaceSure {
@@ -43,6 +46,9 @@ pub struct PlaceSure {
     /// Whether every headline interval here was taken over blocks (`false`: some over
     /// pairs alone, for want of blocks).
     pub over_blocks: bool,
+    /// The share of the server's CPUs' time and of the client's that the hypervisor gave
+    /// to someone else during the slices (`None` for a log from before it was read).
+    pub stolen: Option<(f64, f64)>,
 }
 
 fn headline() -> Vec<&'static Metric> {
@@ -100,6 +106,7 @@ pub fn places(points: &[Point], logs: &BTreeMap<Place, SliceLog>, base: &str) ->
                 blocks: log.blocks.len(),
                 block_rounds: block_rounds(log),
                 over_blocks,
+                stolen: log.stolen_shares(),
             }
         })
         .collect()
@@ -172,14 +179,17 @@ pub fn write_sureness(md: &mut String, points: &[Point], logs: &BTreeMap<Place, 
          rounds in which every server's CPU per request moved together by more than {:.0} % (or four of the \
          pairs' spreads) from the point's usual level — the machine, not a server; **straddling pairs** are \
          pairs whose ratio was an outlier (a switch between their two slices), which a median does not \
-         follow. Rounds during which an idle server's CPU moved are left out.\n",
+         follow. Rounds during which an idle server's CPU moved are left out. **CPU stolen** is the share of \
+         the server's CPUs' time · the client's that the hypervisor gave to other guests during the slices \
+         (`/proc/stat` steal): no server's CPU clock counts it, but requests wait through it, so where it is \
+         more than a few % the pairs scatter and intervals widen — the machine, not the servers.\n",
         (REGIME_SHIFT - 1.0) * 100.0
     );
     let _ = writeln!(
         md,
-        "| conns | size B | rate | slice s | rounds | blocks × rounds | left out | precision | interval over | target | stopped on | regime changes | straddling pairs |"
+        "| conns | size B | rate | slice s | rounds | blocks × rounds | left out | precision | interval over | target | stopped on | regime changes | straddling pairs | CPU stolen |"
     );
-    let _ = writeln!(md, "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|---|---:|");
+    let _ = writeln!(md, "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|---|---:|---:|");
     for s in &sure {
         let Some(p) = s.place else { continue };
         let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |x| format!("±{:.1} %", x * 100.0));
@@ -189,7 +199,7 @@ pub fn write_sureness(md: &mut String, points: &[Point], logs: &BTreeMap<Place, 
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} × {} | {} | {} | {} | {} | {} | {regimes} | {} |",
+            "| {} | {} | {} | {} | {} | {} × {} | {} | {} | {} | {} | {} | {regimes} | {} | {} |",
             p.connections,
             p.size_bytes,
             p.rate.map_or("closed".into(), |r| r.to_string()),
@@ -202,7 +212,8 @@ pub fn write_sureness(md: &mut String, points: &[Point], logs: &BTreeMap<Place, 
             if s.over_blocks { "blocks" } else { "pairs" },
             pct(s.target),
             s.stopped,
-            s.straddling
+            s.straddling,
+            s.stolen.map_or("n/a".into(), |(srv, cli)| format!("{:.0} % · {:.0} %", srv * 100.0, cli * 100.0))
         );
     }
     let budget: Vec<String> = sure
@@ -212,6 +223,21 @@ pub fn write_sureness(md: &mut String, points: &[Point], logs: &BTreeMap<Place, 
         .collect();
     if !budget.is_empty() {
         let _ = writeln!(md, "\nStopped before reaching the precision asked for: {}.", budget.join(", "));
+    }
+    let shared: Vec<String> = sure
+        .iter()
+        .filter_map(|s| Some((s.place?, s.stolen?)))
+        .filter(|(_, (srv, cli))| srv.max(*cli) > SHARED_MACHINE)
+        .map(|(p, (srv, cli))| format!("{} connections ({:.0} % · {:.0} %)", p.connections, srv * 100.0, cli * 100.0))
+        .collect();
+    if !shared.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n**The machine was shared while it measured**: the hypervisor took more than {:.0} % of the server's \
+             or the client's CPUs at {}. Wide intervals there are its noise; a run at a quieter time narrows them.",
+            SHARED_MACHINE * 100.0,
+            shared.join(", ")
+        );
     }
     let isolated: Vec<String> = sure
         .iter()
@@ -264,7 +290,7 @@ pub fn write_calibration(md: &mut String, points: &[Point], base: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::BlockRecord;
+    use crate::results::{BlockRecord, SliceRecord};
 
     #[test]
     fn an_older_log_gets_its_block_length_from_its_blocks() {
@@ -274,6 +300,45 @@ mod tests {
         assert_eq!(block_rounds(&log), 123);
         log.block_rounds = 8;
         assert_eq!(block_rounds(&log), 8, "a logged length is taken as it is");
+    }
+
+    #[test]
+    fn steal_is_weighted_by_slice_length_and_an_older_log_has_none() {
+        let slice = |start_unix_us, end_unix_us, srv, cli| SliceRecord {
+            start_unix_us,
+            end_unix_us,
+            server_cpus_stolen_share: srv,
+            client_cpus_stolen_share: cli,
+            ..SliceRecord::default()
+        };
+        let log = SliceLog {
+            slices: vec![slice(0, 100_000, Some(0.4), Some(0.1)), slice(200_000, 500_000, Some(0.0), Some(0.5))],
+            ..SliceLog::default()
+        };
+        let (srv, cli) = log.stolen_shares().unwrap();
+        assert!((srv - 0.1).abs() < 1e-12 && (cli - 0.4).abs() < 1e-12, "{srv} {cli}");
+        let older = SliceLog { slices: vec![slice(0, 100_000, None, None)], ..SliceLog::default() };
+        assert_eq!(older.stolen_shares(), None);
+    }
+
+    #[test]
+    fn a_shared_machine_is_called_out_beside_the_table() {
+        let log = |srv| SliceLog {
+            slices: vec![SliceRecord {
+                end_unix_us: 1_000_000,
+                server_cpus_stolen_share: Some(srv),
+                client_cpus_stolen_share: Some(0.0),
+                ..SliceRecord::default()
+            }],
+            ..SliceLog::default()
+        };
+        let place = |c| Place::parse(&format!("c{c}_s64")).unwrap();
+        let logs = BTreeMap::from([(place(100), log(0.38)), (place(1000), log(0.01))]);
+        let mut md = String::new();
+        write_sureness(&mut md, &[], &logs, "epoll");
+        assert!(md.contains("| 38 % · 0 % |") && md.contains("| 1 % · 0 % |"), "{md}");
+        assert!(md.contains("**The machine was shared") && md.contains("at 100 connections (38 % · 0 %)."), "{md}");
+        assert!(!md.contains("1000 connections (1 %"), "{md}");
     }
 
     #[test]

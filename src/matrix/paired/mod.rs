@@ -3,8 +3,8 @@
 //! rounds (in the block's start order every round: A B, A B, …, so no server runs two
 //! slices in a row; blocks rotate the order) until the comparison with
 //! the baseline is as precise as asked, or the point's rounds or time run out. A point
-//! with a precision target runs a first stage of [`FIRST_STAGE_ROTATIONS`] rotations
-//! before it may stop, and its intervals' spread is that stage's (see
+//! with a precision target runs a first stage of at least [`FIRST_STAGE_ROTATIONS`]
+//! rotations (more where its budget pays for them) before it may stop, and its intervals' spread is that stage's (see
 //! [`blocked_ratio`]).
 //!
 //! Why: these machines switch between speed regimes for seconds at a time, so two
@@ -162,10 +162,30 @@ pub const MIN_BLOCK_ROUNDS: usize = 3;
 /// of freedom (t = 4.30): default sweeps planned for two reached only ±3–35 % at
 /// 1500–4000 connections. Three give 4 (t = 2.78), and shorter blocks leave room for more.
 const ROTATIONS_PLANNED: usize = 3;
-/// Rotations of a point's first stage: the blocks whose spread alone sets its intervals'
-/// width (see [`blocked_ratio`]); a point never stops on precision before they have run.
-/// The rotations a default budget is planned for, so a default point can finish them.
+/// The fewest rotations of a point's first stage: the blocks whose spread alone sets its
+/// intervals' width (see [`blocked_ratio`]); a point never stops on precision before they
+/// have run. The rotations a default budget is planned for, so a default point can finish
+/// them.
 const FIRST_STAGE_ROTATIONS: usize = ROTATIONS_PLANNED;
+/// The most: ten rotations of two servers give the spread 18 degrees of freedom (t = 2.10,
+/// against 2.78 with three); more would buy little.
+const MOST_FIRST_STAGE_ROTATIONS: usize = 10;
+
+/// The rotations of a point's first stage: as many as are expected to take a third of its
+/// budget, from [`FIRST_STAGE_ROTATIONS`] to [`MOST_FIRST_STAGE_ROTATIONS`], and no more
+/// than half its `--max-rounds`. Why: the first stage's degrees of freedom set Student's
+/// t for the whole point, and at t = 2.78 a target costs twice the blocks it costs at
+/// 1.96 — on a noisy host that is what ends long points on their budget (A/A here at 100
+/// connections: 124 blocks for ±1.1–1.6 %). A larger stage is only allowed where the
+/// budget can pay for it, and it is fixed from the plan before any block has run, so the
+/// stopping rule still cannot be steered by the blocks' agreement.
+fn first_stage_rotations(cfg: &MatrixConfig, p: &Place, servers: usize, per_block: usize) -> usize {
+    let n = servers.max(1);
+    let rotation_s = n as f64 * BlockTimes::guess(cfg, p, servers).block_s(per_block);
+    let fit = (budget_s(cfg, p, servers) / 3.0 / rotation_s).floor().max(0.0) as usize;
+    let rounds_cap = cfg.max_rounds / 2 / (n * per_block.max(1));
+    fit.min(rounds_cap).clamp(FIRST_STAGE_ROTATIONS, MOST_FIRST_STAGE_ROTATIONS)
+}
 
 /// How a point's blocks are laid out.
 #[derive(Clone, Debug, PartialEq)]
@@ -260,7 +280,7 @@ fn run_point(
             Plan::Open { per_block } => *per_block,
         },
         first_stage_blocks: match plan {
-            Plan::Open { .. } if n >= 2 => FIRST_STAGE_ROTATIONS * n,
+            Plan::Open { per_block } if n >= 2 => first_stage_rotations(cfg, place, n, per_block) * n,
             _ => 0,
         },
         ..SliceLog::default()
@@ -338,8 +358,18 @@ fn run_point(
             format!("{} rounds in {} blocks, {:.0} s ({})", log.rounds, log.blocks.len(), log.elapsed_s, log.stopped)
         }
     };
+    let stolen = match log.stolen_shares() {
+        Some((srv, cli)) if srv.max(cli) >= 0.01 => {
+            format!(
+                "; the hypervisor took {:.0} % of the server's CPUs, {:.0} % of the client's",
+                srv * 100.0,
+                cli * 100.0
+            )
+        }
+        _ => String::new(),
+    };
     let notes = if log.failures.is_empty() { String::new() } else { format!("; {}", log.failures.join("; ")) };
-    Ok((format!("{line}{notes}"), failed))
+    Ok((format!("{line}{stolen}{notes}"), failed))
 }
 
 /// Starts a block: every server in `order`, then every client in the same order, then

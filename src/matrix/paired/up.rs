@@ -14,9 +14,10 @@ use crate::client::shard::ShardReport;
 use crate::files;
 use crate::matrix::clients::{self, HostShard, Hosts};
 use crate::matrix::run::{describe_exit, server_spec, shown, workload_args, Ctx, STOP_GRACE};
-use crate::matrix::Contender;
+use crate::matrix::{Contender, MatrixConfig};
 use crate::results::{write_rows_csv, Isolation, Pass, Place, ServerProcRecord, SliceLog, SliceRecord};
 use crate::server_proc::{process_cpu_s, ServerProc};
+use crate::steal;
 
 /// Each slice's figures of every server: round, CPU µs per request, requests per second.
 pub(super) type Figures = BTreeMap<String, Vec<(usize, f64, f64)>>;
@@ -86,6 +87,31 @@ fn sample(ups: &[Up]) -> Sample {
         cpu_ns: ups.iter().map(|u| u.pid().and_then(|p| sys::process_cpu_ns(p).ok())).collect(),
         stat_s: ups.iter().map(|u| u.pid().and_then(|p| process_cpu_s(p).ok())).collect(),
         syscalls: ups.iter().map(|u| u.counters.as_ref().map(LiveCounters::total)).collect(),
+    }
+}
+
+/// The hypervisor's steal so far on the server's CPUs and on the client's (every CPU for
+/// a side not pinned), in seconds.
+struct Stolen {
+    server_s: Option<f64>,
+    client_s: Option<f64>,
+}
+
+impl Stolen {
+    fn read(cfg: &MatrixConfig) -> Stolen {
+        Stolen { server_s: steal::steal_s(&cfg.server_cpus).ok(), client_s: steal::steal_s(&cfg.client_cpus).ok() }
+    }
+
+    /// Each side's steal since `earlier`, as a share of its CPUs' time over `wall`.
+    fn share_since(&self, earlier: &Stolen, cfg: &MatrixConfig, wall: Duration) -> (Option<f64>, Option<f64>) {
+        let share = |now: Option<f64>, then: Option<f64>, cpus: &[usize]| {
+            let cpu_s = wall.as_secs_f64() * steal::cpu_count(cpus) as f64;
+            Some(((now? - then?) / cpu_s).clamp(0.0, 1.0)).filter(|_| cpu_s > 0.0)
+        };
+        (
+            share(self.server_s, earlier.server_s, &cfg.server_cpus),
+            share(self.client_s, earlier.client_s, &cfg.client_cpus),
+        )
     }
 }
 
@@ -235,6 +261,7 @@ pub(super) fn slice(
     if ups[i].stopped {
         ups[i].signal(libc::SIGCONT);
     }
+    let stolen_before = Stolen::read(cfg);
     let before = sample(ups);
     for h in &mut ups[i].hosts {
         if let Err(why) = h.shard.slice(slice_s) {
@@ -264,6 +291,7 @@ pub(super) fn slice(
     // log rows) is the slice's: wait until its clock stands still before reading it.
     quiesce(&ups[i]);
     let after = sample(ups);
+    let stolen = Stolen::read(cfg).share_since(&stolen_before, cfg, after.at.duration_since(before.at));
     if ups[i].isolated.is_some() {
         ups[i].signal(libc::SIGSTOP);
     }
@@ -305,6 +333,8 @@ pub(super) fn slice(
         server: name.clone(),
         start_unix_us: before.unix_us,
         end_unix_us: after.unix_us,
+        server_cpus_stolen_share: stolen.0,
+        client_cpus_stolen_share: stolen.1,
         ..SliceRecord::default()
     };
     for j in (0..ups.len()).filter(|&j| j != i) {
