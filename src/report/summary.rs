@@ -29,7 +29,8 @@ const HOW_TO_READ_SLICES: &str = "Each cell is the server's figure divided by th
     blocks: it covers the difference between \
     one pair of server processes and the next, and a pair that straddles a change of the machine's speed \
     regime moves its block's median little. A point run until its intervals were narrow enough takes their \
-    width from its first stage of blocks alone (its first three rotations of blocks: Stein's two stages), \
+    width from its first stage of blocks alone (its first three or more rotations of blocks, as many as a \
+    third of its budget was planned to hold: Stein's two stages), \
     so that stopping just when the blocks happen to agree does not leave its interval too narrow. \
     With too few blocks (the How sure table says where) it is the \
     median of the ratios of all pairs with their distribution-free sign-test interval, which is narrower \
