@@ -1,9 +1,10 @@
 //! CPU time the hypervisor gave to someone else: `/proc/stat`'s steal column, per CPU.
 //!
 //! Why: on a shared VM the server's and the client's virtual CPUs are descheduled by the
-//! host for stretches the guest cannot see except here. Neither server's CPU clock counts
-//! it (the kernel leaves steal out of task time), but requests wait through it, so req/s
-//! and the pairs' spread move with it. Paired slices read it at every slice's marks, and
+//! host for stretches the guest cannot see except here. With paravirtual time accounting
+//! (`CONFIG_PARAVIRT_TIME_ACCOUNTING`, as on these machines) the kernel leaves steal out
+//! of task time, so no server's CPU clock counts it; but requests wait through it, so
+//! req/s and the pairs' spread move with it. Paired slices read it at every slice's marks, and
 //! summary.md says how much of the measured time was stolen: where it is high, wide
 //! intervals are the machine's, not the sweep's.
 

@@ -181,8 +181,9 @@ pub fn write_sureness(md: &mut String, points: &[Point], logs: &BTreeMap<Place, 
          pairs whose ratio was an outlier (a switch between their two slices), which a median does not \
          follow. Rounds during which an idle server's CPU moved are left out. **CPU stolen** is the share of \
          the server's CPUs' time · the client's that the hypervisor gave to other guests during the slices \
-         (`/proc/stat` steal): no server's CPU clock counts it, but requests wait through it, so where it is \
-         more than a few % the pairs scatter and intervals widen — the machine, not the servers.\n",
+         (`/proc/stat` steal): with paravirtual time accounting no server's CPU clock counts it, but \
+         requests wait through it, so where it is more than a few % the pairs scatter and intervals widen — \
+         the machine, not the servers.\n",
         (REGIME_SHIFT - 1.0) * 100.0
     );
     let _ = writeln!(

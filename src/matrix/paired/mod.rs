@@ -2,11 +2,10 @@
 //! with its own client connected; short slices of load then alternate between them in
 //! rounds (in the block's start order every round: A B, A B, …, so no server runs two
 //! slices in a row; blocks rotate the order, every other rotation the reversed list)
-//! until the comparison with
-//! the baseline is as precise as asked, or the point's rounds or time run out. A point
-//! with a precision target runs a first stage of at least [`FIRST_STAGE_ROTATIONS`]
-//! rotations (more where its budget pays for them) before it may stop, and its intervals' spread is that stage's (see
-//! [`blocked_ratio`]).
+//! until the comparison with the baseline is as precise as asked, or the point's rounds
+//! or time run out. A point with a precision target runs a first stage of at least
+//! [`FIRST_STAGE_ROTATIONS`] rotations (more where its budget pays for them) before it
+//! may stop, and its intervals' spread is that stage's (see [`blocked_ratio`]).
 //!
 //! Why: these machines switch between speed regimes for seconds at a time, so two
 //! measurements far apart in time do not compare; two slices a fraction of a second apart
