@@ -31,7 +31,7 @@ const BACKENDS: &[&str] = &["epoll", "uring", "threads"];
 /// the command line, then the binary's entry.
 const TOOL_LAYERS: &[&[&str]] = &[
     &["files", "results", "guard", "workload"],
-    &["client", "server_proc", "report"],
+    &["client", "server_proc", "steal", "report"],
     &["env", "probe", "hosts"],
     &["matrix"],
     &["cli"],
