@@ -34,11 +34,11 @@ pub fn steal_ticks(stat: &str, cpus: &[usize]) -> Option<u64> {
     (found == wanted).then_some(total)
 }
 
-/// Steal of `cpus` (every CPU when empty) so far, in seconds.
-pub fn steal_s(cpus: &[usize]) -> io::Result<f64> {
+/// Steal so far of each list of CPUs (every CPU for an empty list), in seconds, from one
+/// read of `/proc/stat`; `None` for a list whose CPUs have no steal column.
+pub fn steal_s<const N: usize>(lists: [&[usize]; N]) -> io::Result<[Option<f64>; N]> {
     let stat = std::fs::read_to_string("/proc/stat")?;
-    let ticks = steal_ticks(&stat, cpus).ok_or_else(|| io::Error::other("no steal column in /proc/stat"))?;
-    Ok(ticks as f64 / sys::clock_ticks_per_s())
+    Ok(lists.map(|cpus| steal_ticks(&stat, cpus).map(|t| t as f64 / sys::clock_ticks_per_s())))
 }
 
 /// How many CPUs `cpus` stands for (every online CPU when empty).
@@ -76,7 +76,8 @@ mod tests {
 
     #[test]
     fn this_machine_reports_steal() {
-        let s = steal_s(&[]).expect("/proc/stat has a steal column on Linux 6");
-        assert!(s >= 0.0);
+        let [all, first] = steal_s([&[], &[0]]).expect("/proc/stat is readable");
+        let (all, first) = (all.expect("a steal column on Linux 6"), first.expect("CPU 0 has a line"));
+        assert!(all >= first && first >= 0.0, "{all} {first}");
     }
 }

@@ -99,7 +99,8 @@ struct Stolen {
 
 impl Stolen {
     fn read(cfg: &MatrixConfig) -> Stolen {
-        Stolen { server_s: steal::steal_s(&cfg.server_cpus).ok(), client_s: steal::steal_s(&cfg.client_cpus).ok() }
+        let [server_s, client_s] = steal::steal_s([&cfg.server_cpus, &cfg.client_cpus]).unwrap_or_default();
+        Stolen { server_s, client_s }
     }
 
     /// Each side's steal since `earlier`, as a share of its CPUs' time over `wall`.
