@@ -91,28 +91,22 @@ fn sample(ups: &[Up]) -> Sample {
 }
 
 /// The hypervisor's steal so far on the server's CPUs and on the client's (every CPU for
-/// a side not pinned), in seconds.
+/// a side not pinned).
 struct Stolen {
-    server_s: Option<f64>,
-    client_s: Option<f64>,
+    server: Option<steal::Steal>,
+    client: Option<steal::Steal>,
 }
 
 impl Stolen {
     fn read(cfg: &MatrixConfig) -> Stolen {
-        let [server_s, client_s] = steal::steal_s([&cfg.server_cpus, &cfg.client_cpus]).unwrap_or_default();
-        Stolen { server_s, client_s }
+        let [server, client] = steal::steal_of([&cfg.server_cpus, &cfg.client_cpus]).unwrap_or_default();
+        Stolen { server, client }
     }
 
-    /// Each side's steal since `earlier`, as a share of its CPUs' time over `wall`.
-    fn share_since(&self, earlier: &Stolen, cfg: &MatrixConfig, wall: Duration) -> (Option<f64>, Option<f64>) {
-        let share = |now: Option<f64>, then: Option<f64>, cpus: &[usize]| {
-            let cpu_s = wall.as_secs_f64() * steal::cpu_count(cpus) as f64;
-            Some(((now? - then?) / cpu_s).clamp(0.0, 1.0)).filter(|_| cpu_s > 0.0)
-        };
-        (
-            share(self.server_s, earlier.server_s, &cfg.server_cpus),
-            share(self.client_s, earlier.client_s, &cfg.client_cpus),
-        )
+    /// Each side's share of its CPUs' time stolen since `earlier`, over `wall`.
+    fn share_since(&self, earlier: &Stolen, wall: Duration) -> (Option<f64>, Option<f64>) {
+        let share = |now: Option<steal::Steal>, then| now?.share_since(then?, wall.as_secs_f64());
+        (share(self.server, earlier.server), share(self.client, earlier.client))
     }
 }
 
@@ -292,7 +286,7 @@ pub(super) fn slice(
     // log rows) is the slice's: wait until its clock stands still before reading it.
     quiesce(&ups[i]);
     let after = sample(ups);
-    let stolen = Stolen::read(cfg).share_since(&stolen_before, cfg, after.at.duration_since(before.at));
+    let stolen = Stolen::read(cfg).share_since(&stolen_before, after.at.duration_since(before.at));
     if ups[i].isolated.is_some() {
         ups[i].signal(libc::SIGSTOP);
     }
