@@ -26,7 +26,46 @@ fn assert_ok(r: &client::ClientReport) {
     assert!(r.ok(), "client run failed: {} errors, first: {first:?}", r.summary.errors);
 }
 
-backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_defer_taskrun, uring_no_sendvec, uring_no_recv_cap, uring_bundle, uring_inc, uring_zc, uring_regbuf, uring_direct, uring_direct_zc_regbuf, uring_sqpoll, threads] {
+/// Whether the server's feature list shows `switch` in use: what the switch is for, written
+/// down apart from the code that applies it.
+fn shows(switch: &str, f: &std::collections::BTreeMap<String, String>) -> bool {
+    let is = |k: &str, v: &str| f.get(k).map(String::as_str) == Some(v);
+    match switch {
+        "no-multishot" => is("multishot_accept", "off") && is("multishot_recv", "off"),
+        "no-bufring" => is("bufring", "off"),
+        "no-defer-taskrun" => !is("taskrun", "single_issuer+defer_taskrun"),
+        "no-sendvec" => is("sendvec", "off"),
+        "no-recv-cap" => is("recv_cap", "off"),
+        "bundle" => is("bundle", "on"),
+        "inc" => is("incremental_buffers", "on"),
+        "direct" => is("direct_descriptors", "on"),
+        "zc" => f.get("zc").is_some_and(|v| v != "off"),
+        "regbuf" => is("regbuf", "on"),
+        "sqpoll" => is("sqpoll", "on"),
+        "nagle" => is("tcp_nodelay", "off"),
+        "no-coalesce" => is("coalesce_us", "0"),
+        other => panic!("switch {other} is new to this test: add what it shows in the feature list"),
+    }
+}
+
+backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_defer_taskrun, uring_no_sendvec, uring_no_recv_cap, uring_bundle, uring_inc, uring_zc, uring_regbuf, uring_direct, uring_direct_zc_regbuf, uring_direct_inc_zc_regbuf, uring_direct_bundle_zc_regbuf, uring_sqpoll, threads] {
+    fn runs_with_the_features_its_name_asks_for(backend) {
+        let srv = TestServer::start(backend.clone());
+        let r = client::run(&client_cfg(srv.addr, 2, 5, 64)).unwrap();
+        assert_ok(&r);
+        srv.wait_settled(2, 0);
+        let (summary, _) = srv.stop();
+        let mine = |s: &&ringbench::backends::config::Switch| s.backend.is_none_or(|b| b == backend.backend.name);
+        for s in ringbench::backends::SWITCHES.iter().filter(mine) {
+            let named = backend.switches.iter().any(|n| n.name == s.name);
+            // A combination may imply more than it names (regbuf turns zero-copy on), so
+            // only a variant without switches is checked for switches it does not name.
+            if named || backend.switches.is_empty() {
+                assert_eq!(shows(s.name, &summary.features), named, "{backend:?}, switch {}: {:?}", s.name, summary.features);
+            }
+        }
+    }
+
     fn echoes_every_size_byte_exact(backend) {
         let srv = TestServer::start(backend);
         let mut expected_rows = 0;

@@ -164,7 +164,7 @@ fn abort_before_the_orderly_close(backend: &Variant) {
     drop(held);
 }
 
-backend_suite!([epoll, uring, uring_no_bufring, uring_bundle, uring_inc, uring_zc, uring_direct, uring_direct_zc_regbuf, threads] {
+backend_suite!([epoll, uring, uring_no_bufring, uring_bundle, uring_inc, uring_zc, uring_direct, uring_direct_zc_regbuf, uring_direct_inc_zc_regbuf, uring_direct_bundle_zc_regbuf, threads] {
     fn an_abort_skips_the_orderly_close_but_logs_every_connection(backend) {
         abort_before_the_orderly_close(&backend);
     }

@@ -321,7 +321,7 @@ fn connect_small_buffers(addr: std::net::SocketAddr) -> std::net::TcpStream {
     s
 }
 
-backend_suite!([epoll, uring, uring_no_bufring, uring_no_recv_cap, uring_bundle, uring_inc, uring_zc, uring_direct, uring_direct_zc_regbuf, threads] {
+backend_suite!([epoll, uring, uring_no_bufring, uring_no_recv_cap, uring_bundle, uring_inc, uring_zc, uring_direct, uring_direct_zc_regbuf, uring_direct_inc_zc_regbuf, uring_direct_bundle_zc_regbuf, threads] {
     fn slow_readers_get_every_byte_with_bounded_memory(backend) {
         slow_readers(&backend, 20, 8);
     }

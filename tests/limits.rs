@@ -232,7 +232,7 @@ fn many_connections(backend: &Variant, conns: usize, requests: u64) {
     assert_eq!(out.status.success(), rejected == 0, "{stdout}{}", String::from_utf8_lossy(&out.stderr));
 }
 
-backend_suite!([epoll, uring, uring_no_bufring, uring_no_recv_cap, uring_bundle, uring_inc, uring_zc, uring_direct, uring_direct_zc_regbuf, threads] {
+backend_suite!([epoll, uring, uring_no_bufring, uring_no_recv_cap, uring_bundle, uring_inc, uring_zc, uring_direct, uring_direct_zc_regbuf, uring_direct_inc_zc_regbuf, uring_direct_bundle_zc_regbuf, threads] {
     fn keeps_serving_and_does_not_spin_when_out_of_descriptors(backend) {
         fd_exhaustion(&backend);
     }

@@ -44,7 +44,7 @@ const CASES: [(&str, Engine, u64); 8] = [
     ("idle:30", Engine::Threads, 36),
 ];
 
-backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_defer_taskrun, uring_no_sendvec, uring_no_recv_cap, uring_bundle, uring_inc, uring_zc, uring_regbuf, uring_direct, uring_direct_zc_regbuf, uring_sqpoll, threads] {
+backend_suite!([epoll, uring, uring_no_multishot, uring_no_bufring, uring_no_defer_taskrun, uring_no_sendvec, uring_no_recv_cap, uring_bundle, uring_inc, uring_zc, uring_regbuf, uring_direct, uring_direct_zc_regbuf, uring_direct_inc_zc_regbuf, uring_direct_bundle_zc_regbuf, uring_sqpoll, threads] {
     fn every_workload_verifies_every_byte_and_gets_one_row_per_connection(backend) {
         let srv = TestServer::start(backend);
         let mut rows_expected = 0;
