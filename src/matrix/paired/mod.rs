@@ -27,6 +27,7 @@ use super::progress::{human, Progress};
 use super::run::{self, Ctx};
 use super::{places, Budget, Contender, MatrixConfig, Planned};
 use crate::files;
+use crate::report::paired::time_for_precision;
 use crate::report::points::block_spans;
 use crate::report::stats::blocked_ratio;
 use crate::results::{BlockRecord, Pass, Place, SliceLog};
@@ -345,15 +346,25 @@ fn run_point(
     files::write_json(&ctx.raw.join(format!("{}.slices.json", place.stem())), &log)?;
     let over = |p: &Precision| if p.over_blocks { "over blocks" } else { "over pairs only" };
     let line = match reached {
-        Some(p) => format!(
-            "{} rounds in {} blocks, {:.0} s, ±{:.1} % {} ({})",
-            log.rounds,
-            log.blocks.len(),
-            log.elapsed_s,
-            p.worst * 100.0,
-            over(&p),
-            log.stopped
-        ),
+        Some(p) => {
+            let more = match log.precision_target {
+                Some(target) if log.stopped == "budget" && p.over_blocks => {
+                    time_for_precision(log.elapsed_s, p.worst, target).map_or(String::new(), |t| {
+                        format!("; ±{:.1} % would take about {t:.0} s (--budget-s)", target * 100.0)
+                    })
+                }
+                _ => String::new(),
+            };
+            format!(
+                "{} rounds in {} blocks, {:.0} s, ±{:.1} % {} ({}{more})",
+                log.rounds,
+                log.blocks.len(),
+                log.elapsed_s,
+                p.worst * 100.0,
+                over(&p),
+                log.stopped
+            )
+        }
         None => {
             format!("{} rounds in {} blocks, {:.0} s ({})", log.rounds, log.blocks.len(), log.elapsed_s, log.stopped)
         }
