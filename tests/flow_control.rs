@@ -18,9 +18,6 @@ use common::*;
 use ringbench::backends::CloseReason;
 use ringbench::backends::Variant;
 
-/// Clients that send `mib` MiB each without reading: the server stops reading from them,
-/// its memory stays within about 1 MiB per connection, and every byte comes back in order
-/// once they read.
 /// Tests that leave megabytes in the kernel's socket buffers of hundreds of connections
 /// take turns. Side by side, twelve variants' 200 stuck clients (3–7 MiB queued in the
 /// kernel each, alone) pushed loopback TCP past the host's `tcp_mem` (pressure from
@@ -34,6 +31,9 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     KERNEL_BUFFERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Clients that send `mib` MiB each without reading: the server stops reading from them,
+/// its memory stays within about 1 MiB per connection, and every byte comes back in order
+/// once they read.
 fn slow_readers(backend: &Variant, clients: usize, mib: usize) {
     let _turn = one_at_a_time();
     let srv = ServerProc::spawn(backend, &["--workers", "1"], None);

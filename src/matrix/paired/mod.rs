@@ -350,7 +350,7 @@ fn run_point(
             let more = match log.precision_target {
                 Some(target) if log.stopped == "budget" && p.over_blocks => {
                     time_for_precision(log.elapsed_s, p.worst, target).map_or(String::new(), |t| {
-                        format!("; ±{:.1} % would take about {t:.0} s (--budget-s)", target * 100.0)
+                        format!("; ±{:.1} % in about {t:.0} s: --budget-s {t:.0}", target * 100.0)
                     })
                 }
                 _ => String::new(),
