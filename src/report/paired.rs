@@ -57,11 +57,15 @@ impl PlaceSure {
     /// For a point that stopped on its budget short of its target, over blocks: about how
     /// long it would have needed (see [`time_for_precision`]).
     pub fn time_needed_s(&self) -> Option<f64> {
-        if self.stopped != "budget" || !self.over_blocks {
-            return None;
-        }
-        time_for_precision(self.elapsed_s, self.precision?, self.target?)
+        time_needed_s(&self.stopped, self.over_blocks, self.elapsed_s, self.precision?, self.target?)
     }
+}
+
+/// For a point that stopped on `stopped` at `reached` in `elapsed_s`: about how long it
+/// would have needed for `target` — only where time was what it lacked and its interval is
+/// over blocks (one over pairs alone has no blocks' spread to scale).
+pub fn time_needed_s(stopped: &str, over_blocks: bool, elapsed_s: f64, reached: f64, target: f64) -> Option<f64> {
+    (stopped == "budget" && over_blocks).then(|| time_for_precision(elapsed_s, reached, target)).flatten()
 }
 
 /// About how long a point that reached `reached` (± fraction) in `elapsed_s` would need to

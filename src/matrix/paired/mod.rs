@@ -27,7 +27,7 @@ use super::progress::{human, Progress};
 use super::run::{self, Ctx};
 use super::{places, Budget, Contender, MatrixConfig, Planned};
 use crate::files;
-use crate::report::paired::time_for_precision;
+use crate::report::paired::time_needed_s;
 use crate::report::points::block_spans;
 use crate::report::stats::blocked_ratio;
 use crate::results::{BlockRecord, Pass, Place, SliceLog};
@@ -347,14 +347,13 @@ fn run_point(
     let over = |p: &Precision| if p.over_blocks { "over blocks" } else { "over pairs only" };
     let line = match reached {
         Some(p) => {
-            let more = match log.precision_target {
-                Some(target) if log.stopped == "budget" && p.over_blocks => {
-                    time_for_precision(log.elapsed_s, p.worst, target).map_or(String::new(), |t| {
-                        format!("; ±{:.1} % in about {t:.0} s: --budget-s {t:.0}", target * 100.0)
-                    })
-                }
-                _ => String::new(),
-            };
+            let more = log
+                .precision_target
+                .and_then(|target| {
+                    let t = time_needed_s(&log.stopped, p.over_blocks, log.elapsed_s, p.worst, target)?;
+                    Some(format!("; ±{:.1} % in about {t:.0} s: --budget-s {t:.0}", target * 100.0))
+                })
+                .unwrap_or_default();
             format!(
                 "{} rounds in {} blocks, {:.0} s, ±{:.1} % {} ({}{more})",
                 log.rounds,
